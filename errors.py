@@ -1,0 +1,29 @@
+"""Exceptions raised by Wan Express.
+
+Every error a user can trigger derives from :class:`WanExpressError`; messages name the file, the key and
+the remedy so that ComfyUI can show them as they are.
+"""
+
+
+class WanExpressError(Exception):
+    """Base class of every error Wan Express raises on purpose."""
+
+
+class ModelFormatError(WanExpressError):
+    """A file or folder is not in a layout we can read, or its tensors contradict each other."""
+
+
+class MissingComponentError(WanExpressError):
+    """A required file (model shard, config, tokenizer, encoder) is absent."""
+
+
+class UnsupportedModelError(WanExpressError):
+    """The model is recognised but this version of Wan Express cannot run it."""
+
+
+class IncompatibleLoraError(WanExpressError):
+    """A LoRA does not fit the model it is applied to."""
+
+
+class InvalidInputError(WanExpressError):
+    """Tensors handed to a network have shapes or values it cannot accept."""

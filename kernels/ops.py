@@ -1,0 +1,49 @@
+"""The operations factory the Wan DiT is built with.
+
+The model never constructs a Linear, an attention call or an activation-producing op itself: it asks an
+`Ops` object. `TorchOps` is the plain PyTorch reference; quantized and fused variants subclass it and are
+injected at construction, so the network code stays the same for every precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CastLinear(nn.Linear):
+    """`nn.Linear` whose input is cast to the weight dtype, so bf16 weights take fp32 activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class TorchOps:
+    """Reference operations in plain PyTorch.
+
+    Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
+    different implementation per layer (e.g. keep the head in float while the blocks run FP8).
+    """
+
+    def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
+        """A Linear layer; its state-dict keys must be ``weight`` (+ ``bias``) plus any scales it declares."""
+        return CastLinear(in_features, out_features, bias=bias)
+
+    def norm_modulate(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                      *, name: str) -> torch.Tensor:
+        """``LN(x) * (1 + scale) + shift`` with a non-affine LayerNorm, computed in fp32.
+
+        x: [B, S, D] fp32 residual stream; shift, scale: broadcastable to x. The result feeds a Linear
+        (``name`` is that Linear), which is where a fused kernel would quantize it.
+        """
+        normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+        return normed * (1 + scale) + shift
+
+    def gelu_tanh(self, *, name: str) -> nn.Module:
+        """The FFN activation; ``name`` is the Linear that consumes its output."""
+        return nn.GELU(approximate="tanh")
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""
+        return F.scaled_dot_product_attention(q, k, v)

@@ -1,0 +1,1 @@
+"""Samplers, schedules, expert switching and conditioning (see the sampling issue)."""
