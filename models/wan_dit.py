@@ -309,10 +309,13 @@ class WanDiT(nn.Module):
                     problems.append(f"{label}: {shown}")
             raise ModelFormatError(f"{source} does not match a {self.config.model_type} Wan DiT "
                                    f"(dim {self.config.dim}, {self.config.num_layers} blocks): " + "; ".join(problems))
+        # Injected layers may declare more fp32 parameters (e.g. quantization scales).
+        fp32_keys = {f"{prefix}.{param}" for prefix, module in self.named_modules()
+                     for param in getattr(module, "KEEP_IN_FP32_PARAMS", ())}
         converted = {}
         for key, param in expected.items():
             tensor = state_dict[key]
-            target = torch.float32 if KEEP_IN_FP32.search(key) else dtype
+            target = torch.float32 if KEEP_IN_FP32.search(key) or key in fp32_keys else dtype
             if tensor.dtype in _FLOAT_DTYPES and param.dtype in _FLOAT_DTYPES:
                 tensor = tensor.to(device=device, dtype=target)
             else:
