@@ -1,26 +1,36 @@
-"""Command line: ``python -m wan_express demo``."""
+"""Command line: ``python -m wan_express demo``.
+
+Each subcommand lives in the module that does the work and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches.
+"""
 
 import argparse
+import importlib
 import logging
 import sys
 
 from .errors import WanExpressError
 
+# subcommand -> (module, help)
+COMMANDS = {
+    "demo": (".demo", "write a tiny random Wan model in the official layout, load it and run it"),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wan_express", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m wan_express", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="write a tiny random Wan model in the official layout, load it and run it")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        modules[name] = importlib.import_module(module_name, __package__)
+        modules[name].add_arguments(commands.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.command == "demo":
-            from .demo import run_demo
-            print(run_demo())
+        return modules[args.command].run(args)
     except WanExpressError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

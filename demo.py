@@ -82,3 +82,12 @@ def run_demo() -> str:
             f"WanDiT {cfg.model_type} dim {cfg.dim} x {cfg.num_layers} blocks\n"
             f"latent {tuple(latent.shape)} at t=750 -> velocity {tuple(velocity.shape)}, "
             f"std {velocity.std().item():.4f}, {time.perf_counter() - started:.2f} s on CPU")
+
+
+def add_arguments(parser) -> None:
+    """The demo takes no options."""
+
+
+def run(args) -> int:
+    print(run_demo())
+    return 0
