@@ -1,0 +1,185 @@
+"""CLIP ViT-H/14 visual tower (open-clip XLM-R checkpoint) as Wan2.1 I2V/FLF2V uses it: penultimate block output.
+
+`ClipVisionEncoder.from_state_dict(tensors)` builds the tower from official names without the ``visual.`` prefix
+(dims inferred from shapes); `encode(images)` applies the official preprocessing and returns ``[N, 257, 1280]``.
+Math: spec networks.md §3 (pre-norm ViT, exact GELU, the first L-1 of L blocks, no post-norm, no head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidInputError, ModelFormatError
+from ..kernels.ops import TorchOps
+from .wan_dit import tensor_shapes
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HEAD_DIM = 80  # ViT-H/14: 1280 wide, 16 heads; heads are not stored in the file
+_BLOCK_KEY = re.compile(r"^transformer\.(\d+)\.")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# LayerNorms compute in fp32 (official wrapper upcasts), so their parameters stay fp32.
+KEEP_IN_FP32 = re.compile(r"(^pre_norm|\.norm[12])\.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipVisionConfig:
+    """Shape of the visual tower; defaults are ViT-H/14.
+
+    Attributes:
+        image_size: input side after resizing (224).
+        patch_size: conv patch (14) -> (224/14)^2 = 256 patches + 1 class token.
+        dim: width (1280).
+        mlp_dim: MLP hidden width (5120).
+        num_heads: attention heads (16, i.e. ``dim / 80``).
+        num_layers: blocks in the checkpoint (32); the encoder runs the first ``num_layers - 1``.
+        eps: LayerNorm epsilon (1e-5).
+    """
+
+    image_size: int = 224
+    patch_size: int = 14
+    dim: int = 1280
+    mlp_dim: int = 5120
+    num_heads: int = 16
+    num_layers: int = 32
+    eps: float = 1e-5
+
+    @classmethod
+    def infer(cls, shapes: Mapping[str, tuple[int, ...]], source: str = "state dict") -> "ClipVisionConfig":
+        """The config from official tower shapes (``visual.`` prefix removed); heads assume 80-wide heads."""
+        try:
+            dim, _, patch_size, _ = shapes["patch_embedding.weight"]
+            tokens = shapes["pos_embedding"][1]
+            mlp_dim = shapes["transformer.0.mlp.0.weight"][0]
+        except (KeyError, ValueError) as error:
+            raise ModelFormatError(f"{source}: not a CLIP vision tower (tensor {error} missing or malformed)") from None
+        grid = round((tokens - 1) ** 0.5)
+        if grid * grid != tokens - 1 or dim % HEAD_DIM:
+            raise ModelFormatError(f"{source}: {tokens} positions / width {dim} do not fit a square ViT with "
+                                   f"{HEAD_DIM}-wide heads")
+        num_layers = 1 + max(int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key)))
+        return cls(image_size=grid * patch_size, patch_size=patch_size, dim=dim, mlp_dim=mlp_dim,
+                   num_heads=dim // HEAD_DIM, num_layers=num_layers)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32, result cast back to the input dtype (the official CLIP wrapper)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class ClipAttention(nn.Module):
+    def __init__(self, ops: TorchOps, config: ClipVisionConfig, name: str):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.to_qkv = ops.linear(config.dim, 3 * config.dim, name=f"{name}.to_qkv")
+        self.proj = ops.linear(config.dim, config.dim, name=f"{name}.proj")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, T, dim] -> [N, T, dim]; qkv rows are q, then k, then v; softmax(q·kᵀ/sqrt(d))."""
+        batch, tokens, dim = x.shape
+        q, k, v = self.to_qkv(x).view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class ClipBlock(nn.Module):
+    def __init__(self, ops: TorchOps, config: ClipVisionConfig, name: str):
+        super().__init__()
+        self.norm1 = FP32LayerNorm(config.dim, eps=config.eps)
+        self.attn = ClipAttention(ops, config, f"{name}.attn")
+        self.norm2 = FP32LayerNorm(config.dim, eps=config.eps)
+        # Sequential keeps the official names mlp.0 / mlp.2.
+        self.mlp = nn.Sequential(ops.linear(config.dim, config.mlp_dim, name=f"{name}.mlp.0"), nn.GELU(),
+                                 ops.linear(config.mlp_dim, config.dim, name=f"{name}.mlp.2"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ClipVisionEncoder(nn.Module):
+    """The visual tower up to its penultimate block. Keys: ``patch_embedding.weight``, ``cls_embedding``,
+    ``pos_embedding``, ``pre_norm.*``, ``transformer.N.*`` for N < num_layers - 1."""
+
+    def __init__(self, config: ClipVisionConfig, ops: TorchOps | None = None):
+        super().__init__()
+        ops = ops or TorchOps()
+        self.config = config
+        self.patch_embedding = nn.Conv2d(3, config.dim, config.patch_size, stride=config.patch_size, bias=False)
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, config.dim))
+        tokens = (config.image_size // config.patch_size) ** 2 + 1
+        self.pos_embedding = nn.Parameter(torch.zeros(1, tokens, config.dim))
+        self.pre_norm = FP32LayerNorm(config.dim, eps=config.eps)
+        # Wan takes the input of the last block: that block is never built.
+        self.transformer = nn.Sequential(*(ClipBlock(ops, config, f"transformer.{i}")
+                                           for i in range(config.num_layers - 1)))
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch.float16,
+                        device: torch.device | str = "cpu", ops: TorchOps | None = None,
+                        source: str = "state dict") -> "ClipVisionEncoder":
+        """Build from the tower's official names (no ``visual.`` prefix); the last block, ``post_norm`` and
+        ``head`` may be present and are not loaded. dtype: weights/activations (official: fp16); norms fp32."""
+        shapes = tensor_shapes(state_dict)
+        config = ClipVisionConfig.infer(shapes, source)
+        with torch.device("meta"):
+            model = cls(config, ops=ops)
+        unused = re.compile(rf"^(transformer\.{config.num_layers - 1}\.|post_norm\.|head$)")
+        expected = model.state_dict(keep_vars=True)
+        problems = [f"missing {key}" for key in expected if key not in shapes]
+        problems += [f"unexpected {key}" for key in shapes if key not in expected and not unused.search(key)]
+        problems += [f"{key}: file {shapes[key]}, model {tuple(param.shape)}" for key, param in expected.items()
+                     if key in shapes and shapes[key] != tuple(param.shape)]
+        if problems:
+            shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
+            raise ModelFormatError(f"{source} does not match a CLIP vision tower: {shown}")
+        converted = {}
+        for key, param in expected.items():
+            tensor = state_dict[key]
+            if tensor.dtype in _FLOAT_DTYPES and param.dtype in _FLOAT_DTYPES:
+                tensor = tensor.to(device=device, dtype=torch.float32 if KEEP_IN_FP32.search(key) else dtype)
+            else:
+                tensor = tensor.to(device=device)
+            converted[key] = tensor
+        model.load_state_dict(converted, strict=True, assign=True)
+        # non-persistent buffers are not in the state dict: make them real on the target device
+        model.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        model.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+        return model.requires_grad_(False).eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [-1, 1] -> [N, 3, 224, 224] normalised, in the model dtype.
+
+        Official geometry: bicubic resize straight to 224x224 (aspect ratio not kept, no crop), computed in fp32.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InvalidInputError(f"CLIP vision expects images [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+        size = (self.config.image_size,) * 2
+        resized = F.interpolate(images.float().to(self.mean.device), size=size, mode="bicubic", align_corners=False)
+        return ((resized * 0.5 + 0.5 - self.mean) / self.std).to(self.dtype)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels: [N, 3, 224, 224] preprocessed -> [N, 257, dim] (input of the last block, no post-norm)."""
+        patches = self.patch_embedding(pixels.to(self.dtype)).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_embedding.expand(patches.shape[0], -1, -1), patches], dim=1)
+        return self.transformer(self.pre_norm(tokens + self.pos_embedding))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [-1, 1] (N = 1 for I2V, 2 for first+last frame FLF2V) -> ``clip_fea``
+        [N, 257, 1280] in the model dtype."""
+        return self(self.preprocess(images))
