@@ -1,12 +1,18 @@
 """Weight quantization with LightX2V's converter semantics (per output channel), used at load and on export.
 
-`quantize_weight(weight, scheme)` -> (codes, scale) in the canonical form of `kernels.quantized`.
+`quantize_weight(weight, scheme)` -> (codes, scale) in the canonical form of `kernels.quantized`;
+`quantize_layers(tensors, layers)` applies it to a float state dict at load (``block_linear_layers`` gives the
+usual table: every linear inside the blocks).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Iterable, Mapping
+
 import torch
 
+from ..errors import ModelFormatError
 from .quantized import QuantScheme
 
 FP8_MAX = 448.0
@@ -31,3 +37,34 @@ def quantize_weight(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Te
     else:
         codes = scaled.round().clamp(-128, 127).to(torch.int8)
     return codes, scale
+
+
+# LightX2V's W8A8 policy: every linear inside the transformer blocks; embeddings, modulation and head stay float.
+BLOCK_LINEARS = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02])$")
+
+
+def block_linear_layers(keys: Iterable[str], scheme: QuantScheme) -> dict[str, QuantScheme]:
+    """The `QuantOps` layer table quantizing every block linear among the state-dict ``keys``."""
+    return {key[:-len(".weight")]: scheme for key in keys
+            if key.endswith(".weight") and BLOCK_LINEARS.match(key[:-len(".weight")])}
+
+
+def quantize_layers(tensors: Mapping[str, torch.Tensor], layers: Mapping[str, QuantScheme],
+                    device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Online quantization at load: a copy of ``tensors`` where each layer of ``layers`` has its float
+    ``<layer>.weight`` replaced by codes and a ``<layer>.weight_scale`` added (canonical form, left on
+    ``device`` when given).
+
+    Layers are quantized one at a time (on ``device`` when given, e.g. a GPU for speed), so peak extra memory
+    is one float weight. Raises `ModelFormatError` when a named layer has no float weight.
+    """
+    out = dict(tensors)
+    for layer, scheme in layers.items():
+        key = f"{layer}.weight"
+        weight = tensors.get(key)
+        if weight is None or not weight.is_floating_point() or weight.dim() != 2 or weight.element_size() == 1:
+            raise ModelFormatError(f"cannot quantize {layer}: {key} is not a float [out, in] weight; "
+                                   f"leave the layer out of the quantization table")
+        codes, scale = quantize_weight(weight.to(device) if device is not None else weight, scheme)
+        out[key], out[f"{layer}.weight_scale"] = codes, scale
+    return out

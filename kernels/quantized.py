@@ -3,8 +3,10 @@
 Canonical form (whatever the file layout was): ``<layer>.weight`` holds the low-precision codes ``[out, in]``
 (``torch.float8_e4m3fn`` or ``torch.int8``) and ``<layer>.weight_scale`` the fp32 dequantization scale, ``[out, 1]``
 per output channel or ``[1, 1]`` per tensor, so that ``W ≈ weight.float() * weight_scale``.
-`QuantOps` builds a `QuantLinear` for every layer named in its table; other layers stay `CastLinear`.
-This module holds the reference (dequantizing) forward; fast GEMM backends live beside it.
+`QuantOps` builds a `QuantLinear` for every layer named in its table; other layers stay float (`ActivationLinear`).
+`QuantLinear` runs a native W8A8 GEMM (`kernels.backends`) where the device has one, else dequantizes the
+weight (optionally emulating the activation quantization); `QuantOps` also fuses the activation quantization into
+the LayerNorm + modulation and GELU ops that feed quantized linears.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import TorchOps
+from . import backends
+from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, norm_modulate_quantized,
+                        quantize_rows, quantize_rows_reference)
+from .capability import native_gemm, triton_available
+from .ops import CastLinear, TorchOps
 
-CODE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
+__all__ = ["CODE_DTYPES", "GRANULARITIES", "QuantScheme", "QuantLinear", "QuantOps", "QuantizedActivation"]
 GRANULARITIES = ("channel", "tensor")
 
 
@@ -47,16 +53,24 @@ class QuantScheme:
 
 
 class QuantLinear(nn.Module):
-    """Linear over quantized weight codes; this reference forward dequantizes and runs a float matmul.
+    """Linear over quantized weight codes (W8A8 with per-token dynamic activation scales).
 
     State dict: ``weight`` (codes), ``weight_scale`` (fp32), ``bias`` (float, optional).
+    Args beyond the shape: ``backend`` ("auto", "dequant", "scaled_mm", "triton", "int_mm"; an unusable choice
+    falls back to "dequant") and ``emulate_activations`` (on the dequant path, round the activation through the
+    same per-token quantization the GPU kernels apply, to predict their numerics on any device).
+    Input: a float tensor ``[..., in]`` or a `QuantizedActivation`; output ``[..., out]`` (bf16 on the native
+    path, the bias dtype on the dequant path).
     """
 
     KEEP_IN_FP32_PARAMS = ("weight_scale",)
 
-    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = True,
+                 backend: str = "auto", emulate_activations: bool = False):
         super().__init__()
+        backends.check_name(backend)
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        self.backend, self.emulate_activations = backend, emulate_activations
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=scheme.dtype), requires_grad=False)
         self.weight_scale = nn.Parameter(torch.empty(scheme.scale_shape(out_features), dtype=torch.float32),
                                          requires_grad=False)
@@ -65,19 +79,96 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.weight.float() * self.weight_scale).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        codes = self.scheme.codes
+        if isinstance(x, QuantizedActivation) and x.codes.dtype != self.scheme.dtype:
+            x = x.dequantize()
+        if not runs_native(self.scheme, self.backend, x.device):
+            return self._dequantized_forward(x)
+        quantized = x if isinstance(x, QuantizedActivation) else quantize_rows(x, codes)
+        a = quantized.codes.reshape(-1, self.in_features)
+        a_scale = quantized.scale.reshape(-1, 1)
+        w_scale = self.weight_scale.reshape(1, -1).expand(1, self.out_features).contiguous()
+        bias = self.bias.to(backends.OUT_DTYPE) if self.bias is not None else None
+        choice = backends.choose(codes, self.backend, a, a_scale, self.weight, w_scale, bias)
+        if choice == "dequant":
+            return self._dequantized_forward(quantized)
+        out = backends.GEMMS[choice](a, a_scale, self.weight, w_scale, bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _dequantized_forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         dtype = self.bias.dtype if self.bias is not None else torch.bfloat16
+        if isinstance(x, QuantizedActivation):
+            x = x.dequantize(dtype)
+        elif self.emulate_activations:
+            x = quantize_rows_reference(x, self.scheme.codes).dequantize(dtype)
         return F.linear(x.to(dtype), self.dequantized_weight(dtype), self.bias)
 
 
-class QuantOps(TorchOps):
-    """Operations factory that quantizes the layers named in ``layers`` (official names, no ``.weight``)."""
+def runs_native(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
+    """Whether a layer of ``scheme`` takes the native W8A8 path on ``device`` (else it dequantizes)."""
+    if backend == "dequant" or not native_gemm(scheme.codes, device):
+        return False
+    return backend != "triton" or triton_available()
 
-    def __init__(self, layers: Mapping[str, QuantScheme]):
+
+class ActivationLinear(CastLinear):
+    """Float linear that also takes a `QuantizedActivation` (its input may be shared with a quantized sibling,
+    e.g. ``k``/``v`` left in float while ``q`` is quantized)."""
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            x = x.dequantize(self.weight.dtype)
+        return super().forward(x)
+
+
+class GeluTanhQuantize(nn.Module):
+    """GELU-tanh that quantizes its output in the same kernel when its consumer runs natively (CUDA + Triton)."""
+
+    def __init__(self, scheme: QuantScheme, backend: str):
+        super().__init__()
+        self.scheme, self.backend = scheme, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedActivation:
+        if fuses_quantization(self.scheme, self.backend, x.device):
+            return gelu_tanh_quantized(x, self.scheme.codes)
+        return F.gelu(x, approximate="tanh")
+
+
+def fuses_quantization(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
+    """Whether the op producing a ``scheme`` layer's input should emit quantized codes on ``device``."""
+    return device.type == "cuda" and triton_available() and runs_native(scheme, backend, device)
+
+
+class QuantOps(TorchOps):
+    """Operations factory that quantizes the layers named in ``layers`` (official names, no ``.weight``).
+
+    ``backend`` and ``emulate_activations`` are passed to every `QuantLinear` (see there). Where a quantized
+    linear runs natively on CUDA with Triton installed, the LayerNorm + modulation and the GELU feeding it
+    quantize their output in the same kernel.
+    """
+
+    def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False):
+        backends.check_name(backend)
         self.layers = dict(layers)
+        self.backend, self.emulate_activations = backend, emulate_activations
 
     def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
         scheme = self.layers.get(name)
         if scheme is None:
-            return super().linear(in_features, out_features, name=name, bias=bias)
-        return QuantLinear(in_features, out_features, scheme, bias=bias)
+            return ActivationLinear(in_features, out_features, bias=bias)
+        return QuantLinear(in_features, out_features, scheme, bias=bias, backend=self.backend,
+                           emulate_activations=self.emulate_activations)
+
+    def norm_modulate(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                      *, name: str) -> torch.Tensor | QuantizedActivation:
+        scheme = self.layers.get(name)
+        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+            return super().norm_modulate(x, shift, scale, eps, name=name)
+        return norm_modulate_quantized(x, shift, scale, eps, scheme.codes)
+
+    def gelu_tanh(self, *, name: str) -> nn.Module:
+        scheme = self.layers.get(name)
+        if scheme is None:
+            return super().gelu_tanh(name=name)
+        return GeluTanhQuantize(scheme, self.backend)

@@ -1,0 +1,119 @@
+"""Per-token dynamic activation quantization, alone or fused into the op that produces the activation.
+
+Every row (token) gets ``scale = max(amax, 1e-8) / Qmax`` (448 for FP8 e4m3, 127 for INT8, round to nearest),
+so ``x ≈ codes * scale``. Entry points: `quantize_rows`, `norm_modulate_quantized` (LayerNorm + modulation),
+`gelu_tanh_quantized` and `rms_norm_quantized`; each runs a Triton kernel on CUDA when Triton is installed and
+the PyTorch reference otherwise. The result is a `QuantizedActivation`, which `QuantLinear` consumes directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from .capability import triton_available
+
+QMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
+CODE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
+# Floor under a row's amax so that all-zero rows (e.g. padding) get finite scales and zero codes.
+MIN_AMAX = 1e-8
+
+
+@dataclasses.dataclass
+class QuantizedActivation:
+    """A quantized activation: codes ``[..., K]`` (float8_e4m3fn or int8) and fp32 scales ``[..., 1]``."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.codes.float() * self.scale).to(dtype)
+
+
+def use_triton(device: torch.device) -> bool:
+    return device.type == "cuda" and triton_available()
+
+
+def quantize_rows_reference(x: torch.Tensor, codes: str) -> QuantizedActivation:
+    """PyTorch per-token quantization of ``x [..., K]`` (math in fp32)."""
+    x32 = x.float()
+    qmax = QMAX[codes]
+    scale = x32.abs().amax(dim=-1, keepdim=True).clamp(min=MIN_AMAX) / qmax
+    scaled = (x32 / scale).clamp(-qmax, qmax)
+    if codes == "int8":
+        scaled = scaled.round()
+    return QuantizedActivation(scaled.to(CODE_DTYPES[codes]), scale)
+
+
+def norm_modulate_reference(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LN(x) * (1 + scale) + shift`` (non-affine LayerNorm) in fp32, as `TorchOps.norm_modulate`."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * (1 + scale) + shift
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * rsqrt(mean(x²) + eps) * weight`` in fp32."""
+    x32 = x.float()
+    return x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.float()
+
+
+def _triton():
+    from . import triton_quant  # imported on demand: Triton is optional
+    return triton_quant
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., K] -> contiguous [M, K] view."""
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _allocate(x: torch.Tensor, codes: str) -> QuantizedActivation:
+    return QuantizedActivation(torch.empty(x.shape, dtype=CODE_DTYPES[codes], device=x.device),
+                               torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device))
+
+
+def quantize_rows(x: torch.Tensor, codes: str) -> QuantizedActivation:
+    """Per-token quantization of ``x [..., K]`` (any float dtype)."""
+    if not use_triton(x.device):
+        return quantize_rows_reference(x, codes)
+    out = _allocate(x, codes)
+    _triton().quantize_rows(_rows(x), out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
+    return out
+
+
+def norm_modulate_quantized(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                            codes: str) -> QuantizedActivation:
+    """Quantized ``LN(x) * (1 + scale) + shift``; x: [B, S, D]; shift, scale: [B, 1 or S, D] (fp32)."""
+    if not use_triton(x.device):
+        return quantize_rows_reference(norm_modulate_reference(x, shift, scale, eps), codes)
+    out = _allocate(x, codes)
+    _triton().norm_modulate_quantize(x, shift, scale, eps, out.codes, out.scale, codes)
+    return out
+
+
+def gelu_tanh_quantized(x: torch.Tensor, codes: str) -> QuantizedActivation:
+    """Quantized ``GELU_tanh(x)`` (computed in fp32); x: [..., F]."""
+    if not use_triton(x.device):
+        return quantize_rows_reference(F.gelu(x.float(), approximate="tanh"), codes)
+    out = _allocate(x, codes)
+    _triton().gelu_tanh_quantize(_rows(x), out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
+    return out
+
+
+def rms_norm_quantized(x: torch.Tensor, weight: torch.Tensor, eps: float, codes: str) -> QuantizedActivation:
+    """Quantized RMSNorm ``x * rsqrt(mean(x²) + eps) * weight``; x: [..., D], weight: [D]."""
+    if not use_triton(x.device):
+        return quantize_rows_reference(rms_norm_reference(x, weight, eps), codes)
+    out = _allocate(x, codes)
+    _triton().rms_norm_quantize(_rows(x), weight.contiguous(), eps, out.codes.view(-1, x.shape[-1]),
+                                out.scale.view(-1, 1), codes)
+    return out

@@ -1,0 +1,70 @@
+"""Unmerged LoRA: a linear layer (float or quantized) plus additive side branches whose strength can change live.
+
+`LoraLinear(base)` runs ``base(x)`` untouched, so a `QuantLinear` keeps its low-precision GEMM, and adds
+``strength · scale · (x @ downᵀ) @ upᵀ`` per `LoraBranch` (or ``strength · x @ diffᵀ`` for a full-weight delta).
+Strengths are read from a shared list at every call, which is how `loaders.lora_apply` changes them without reloading.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantized import QuantizedActivation, QuantLinear
+
+
+def branch_dtype(base: nn.Module) -> torch.dtype:
+    """Dtype a side branch computes in: the float weight's, or for a quantized layer the dtype its forward uses."""
+    if isinstance(base, QuantLinear):
+        return base.bias.dtype if base.bias is not None else torch.bfloat16
+    return base.weight.dtype
+
+
+class LoraBranch(nn.Module):
+    """One additive branch: low rank (``down [r, in]``, ``up [out, r]``) or full (``up`` = diff ``[out, in]``, no down).
+
+    Args:
+        down, up: the factors, already in the compute dtype (buffers, not saved in the state dict).
+        scale: alpha / rank (1 for a full diff).
+        strengths: list shared with the owner of the stack; ``strengths[index]`` is read at every call.
+    """
+
+    def __init__(self, down: torch.Tensor | None, up: torch.Tensor, scale: float, strengths: Sequence[float],
+                 index: int):
+        super().__init__()
+        self.register_buffer("down", down, persistent=False)
+        self.register_buffer("up", up, persistent=False)
+        self.scale, self.strengths, self.index = scale, strengths, index
+
+    @property
+    def factor(self) -> float:
+        return self.strengths[self.index] * self.scale
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        """x: [..., in] (or the quantized activation a fused op fed the base) -> [..., out] in the branch dtype,
+        without the strength factor."""
+        x = x.dequantize(self.up.dtype) if isinstance(x, QuantizedActivation) else x.to(self.up.dtype)
+        if self.down is not None:
+            x = F.linear(x, self.down)
+        return F.linear(x, self.up)
+
+
+class LoraLinear(nn.Module):
+    """``base(x) + Σ factor_i · branch_i(x)``; the base's weights (and their state-dict names under ``base.``) stay."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.branches = nn.ModuleList()
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        """x: [..., in] -> [..., out] in the base's output dtype."""
+        out = self.base(x)
+        for branch in self.branches:
+            factor = branch.factor
+            if factor:
+                out = out + (factor * branch(x)).to(out.dtype)
+        return out

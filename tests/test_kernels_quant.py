@@ -1,0 +1,116 @@
+"""W8A8 quantized linears on the CPU: the dequantizing fallback's numerics, online quantization at load and a
+whole tiny DiT in FP8/INT8 against bf16 (spec networks.md §1.8 proposes relative L2 <= 5e-2; we assert 3e-2)."""
+
+import pytest
+import torch
+
+from wan_express.demo import DEMO_CONFIG, random_weights_
+from wan_express.errors import InvalidInputError, ModelFormatError
+from wan_express.kernels.act_quant import QuantizedActivation, quantize_rows
+from wan_express.kernels.capability import native_gemm
+from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
+from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
+from wan_express.models import WanDiT
+
+SCHEMES = [QuantScheme(codes, granularity) for codes in ("fp8_e4m3", "int8") for granularity in ("channel", "tensor")]
+DIT_REL_L2 = 3e-2
+
+
+def expected_linear(x, codes, weight_codes, weight_scale, bias):
+    """y = (q(x)·sx) @ (Wq·sw)ᵀ + b in float64, with the per-token quantizer written out independently."""
+    qmax = 448.0 if codes == "fp8_e4m3" else 127.0
+    x64 = x.double()
+    sx = torch.clamp(x64.abs().amax(dim=-1, keepdim=True), min=1e-8) / qmax
+    if codes == "fp8_e4m3":
+        qx = torch.clamp(x64 / sx, -qmax, qmax).float().to(torch.float8_e4m3fn).double()
+    else:
+        qx = torch.round(x64 / sx).clamp(-qmax, qmax)
+    return (qx * sx) @ (weight_codes.double() * weight_scale.double()).T + bias.double()
+
+
+def make_linear(scheme, in_features=96, out_features=40, seed=0, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    layer = QuantLinear(in_features, out_features, scheme, **kwargs)
+    codes, scale = quantize_weight(torch.randn(out_features, in_features, generator=generator), scheme)
+    layer.load_state_dict({"weight": codes, "weight_scale": scale,
+                           "bias": torch.randn(out_features, generator=generator)}, assign=True)
+    return layer
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_dequant_fallback_emulates_per_token_activation_quantization(scheme):
+    layer = make_linear(scheme, emulate_activations=True)
+    x = torch.randn(3, 7, 96) * torch.logspace(-2, 1, 7)[:, None]  # rows of very different magnitude
+    got = layer(x)
+    want = expected_linear(x, scheme.codes, layer.weight, layer.weight_scale, layer.bias)
+    assert got.shape == (3, 7, 40) and got.dtype == torch.float32
+    error = ((got.double() - want).norm() / want.norm()).item()
+    assert error <= 1e-6, error
+
+
+def test_dequant_fallback_without_emulation_uses_the_float_activation():
+    layer = make_linear(QuantScheme("fp8_e4m3"))
+    x = torch.randn(5, 96)
+    want = x.double() @ layer.dequantized_weight(torch.float64).T + layer.bias.double()
+    assert torch.allclose(layer(x).double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("codes", ["fp8_e4m3", "int8"])
+def test_quantized_activation_is_consumed_as_given(codes):
+    layer = make_linear(QuantScheme(codes), backend="dequant")
+    activation = quantize_rows(torch.randn(2, 4, 96), codes)
+    assert isinstance(activation, QuantizedActivation) and activation.scale.shape == (2, 4, 1)
+    want = activation.dequantize(torch.float64) @ layer.dequantized_weight(torch.float64).T + layer.bias.double()
+    assert torch.allclose(layer(activation).double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_has_no_native_gemm_and_backend_names_are_checked():
+    assert not native_gemm("fp8_e4m3", torch.device("cpu")) and not native_gemm("int8", torch.device("cpu"))
+    with pytest.raises(InvalidInputError, match="unknown W8A8 backend 'cutlass'"):
+        QuantOps({}, backend="cutlass")
+
+
+def test_float_layer_sharing_a_quantized_input_dequantizes_it():
+    ops = QuantOps({"blocks.0.self_attn.q": QuantScheme("int8")})
+    sibling = ops.linear(96, 8, name="blocks.0.self_attn.k")
+    activation = quantize_rows(torch.randn(3, 96), "int8")
+    assert torch.allclose(sibling(activation), sibling(activation.dequantize()))
+
+
+@pytest.fixture(scope="module")
+def tiny_dit_state():
+    model = WanDiT(DEMO_CONFIG)
+    random_weights_(model, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    inputs = (torch.randn(1, 16, 3, 6, 8, generator=generator), torch.tensor([700.0]),
+              torch.randn(1, 9, DEMO_CONFIG.text_dim, generator=generator))
+    return {key: tensor.contiguous() for key, tensor in model.state_dict().items()}, inputs
+
+
+def test_online_quantization_replaces_every_block_linear(tiny_dit_state):
+    state, _ = tiny_dit_state
+    layers = block_linear_layers(state, QuantScheme("fp8_e4m3"))
+    per_block = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                 "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]
+    assert sorted(layers) == sorted(f"blocks.{i}.{name}" for i in range(DEMO_CONFIG.num_layers) for name in per_block)
+    quantized = quantize_layers(state, layers)
+    assert quantized["blocks.1.ffn.2.weight"].dtype == torch.float8_e4m3fn
+    assert quantized["blocks.1.ffn.2.weight_scale"].shape == (DEMO_CONFIG.dim, 1)
+    assert quantized["head.head.weight"] is state["head.head.weight"]
+    with pytest.raises(ModelFormatError, match="blocks.1.ffn.2.weight is not a float"):
+        quantize_layers(quantized, {"blocks.1.ffn.2": QuantScheme("int8")})
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_tiny_dit_w8a8_stays_close_to_bf16(tiny_dit_state, scheme):
+    state, inputs = tiny_dit_state
+    layers = block_linear_layers(state, scheme)
+    reference = WanDiT.from_state_dict(state, dtype=torch.bfloat16)
+    quantized = WanDiT.from_state_dict(quantize_layers(state, layers), dtype=torch.bfloat16,
+                                       ops=QuantOps(layers, emulate_activations=True))
+    assert isinstance(quantized.blocks[1].ffn[2], QuantLinear)
+    with torch.no_grad():
+        want, got = reference(*inputs), quantized(*inputs)
+    error = ((got - want).norm() / want.norm()).item()
+    print(f"tiny DiT {scheme}: relative L2 vs bf16 = {error:.2e}")
+    assert torch.isfinite(got).all() and error <= DIT_REL_L2, error
