@@ -97,7 +97,10 @@ class QuantLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _dequantized_forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
-        dtype = self.bias.dtype if self.bias is not None else torch.bfloat16
+        if self.bias is not None:
+            dtype = self.bias.dtype
+        else:  # bias-less layers (T5) follow their input's float dtype
+            dtype = torch.bfloat16 if isinstance(x, QuantizedActivation) else x.dtype
         if isinstance(x, QuantizedActivation):
             x = x.dequantize(dtype)
         elif self.emulate_activations:
