@@ -40,6 +40,11 @@ class TorchOps:
         normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
         return normed * (1 + scale) + shift
 
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   *, name: str) -> torch.Tensor:
+        """Affine LayerNorm in fp32 (the cross-attention pre-norm); ``name`` is the Linear it feeds."""
+        return F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
+
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""
         return nn.GELU(approximate="tanh")

@@ -201,7 +201,9 @@ class WanBlock(nn.Module):
             time.to_tokens(mod[:, i]) for i in range(6))
         attn_in = self.ops.norm_modulate(x, shift_sa, scale_sa, self.eps, name=f"{self.name}.self_attn.q")
         x = x + self.self_attn(attn_in, rope, compute_dtype) * gate_sa
-        x = x + self.cross_attn(self.norm3(x), context, compute_dtype)
+        cross_in = self.ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps,
+                                       name=f"{self.name}.cross_attn.q")
+        x = x + self.cross_attn(cross_in, context, compute_dtype)
         ffn_in = self.ops.norm_modulate(x, shift_ff, scale_ff, self.eps, name=f"{self.name}.ffn.0")
         return x + self.ffn(ffn_in) * gate_ff
 
