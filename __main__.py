@@ -1,4 +1,4 @@
-"""Command line: ``python -m wan_express demo``.
+"""Command line: ``python -m wan_express {demo,convert,inspect} ...``.
 
 Each subcommand lives in the module that does the work and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches.
@@ -14,6 +14,8 @@ from .errors import WanExpressError
 # subcommand -> (module, help)
 COMMANDS = {
     "demo": (".demo", "write a tiny random Wan model in the official layout, load it and run it"),
+    "convert": (".convert", "merge LoRAs into a DiT and export a LightX2V bf16/fp8/int8 or ComfyUI scaled-FP8 file"),
+    "inspect": (".loaders.inspector", "describe a DiT file or folder: layout, precision, quantization, components"),
 }
 
 

@@ -1,49 +1,267 @@
-"""Load a Wan DiT from an official model folder (``config.json`` + sharded safetensors + index) or one file.
+"""Open any Wan DiT layout as official-named, canonically quantized tensors, and build the model from them.
 
-Entry point: `load_dit(path)`. Layout detection grows in the loaders issue; this module keeps the folder rules
-of spec formats.md §3.3: read the index when present, never glob unrelated ``*.safetensors``.
+Entry points: `open_dit(path, file=None) -> DitSource`, `open_dit_pair(path) -> (high, low)` for Wan2.2 A14B,
+and `load_dit(path, ...)` -> `WanDiT` (or a `(high, low)` pair). Layouts: formats.md §1 rows 1-8 and 10-13, read
+through `folder_rules` (which files), `key_layouts` (prefix / diffusers names), `quant_layouts` (per-layer
+quantization) and `quant_convert` (the ``quantization`` choice). Tensors are read lazily, one at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import MissingComponentError, ModelFormatError
+from ..errors import InvalidInputError, ModelFormatError, UnsupportedModelError
 from ..kernels.ops import TorchOps
-from ..models import WanDiT
+from ..kernels.quantized import QuantOps, QuantScheme
+from ..models import WanConfig, WanDiT
+from .dit_formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
+from .folder_rules import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
+from .key_layouts import KeyLayout, detect_key_layout
+from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
+from .pth_reader import read_pth
+from .quant_convert import dequantized, quantized
+from .quant_layouts import canonicalize
 from .safetensors_source import SafetensorsSource
+from .tensor_view import TensorView, view_of_tensors
+
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "open_dit", "open_dit_pair", "open_unit",
+           "read_unit", "resolve_target", "unsupported_model"]
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-SHARD_GLOB = "diffusion_pytorch_model*.safetensors"
-CONFIG_NAME = "config.json"
+QUANTIZATIONS = ("auto", "bf16", "fp8", "int8")
+_CODES = {"fp8": "fp8_e4m3", "int8": "int8"}
+# config.json values the tensors cannot show; taken from the file when present.
+_CONFIG_ONLY = ("eps", "text_len")
+_CROSS_CHECKED = ("dim", "in_dim", "out_dim", "ffn_dim", "num_layers")
 
 
-def open_official_folder(folder: Path) -> SafetensorsSource:
-    """The DiT tensors of an official folder: the shards the index names, else every ``diffusion_pytorch_model*``."""
-    index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ModelFormatError(f"{index}: not a shard index with a 'weight_map' ({error})") from None
-        return SafetensorsSource({key: folder / shard for key, shard in weight_map.items()}, name=str(folder))
-    shards = sorted(folder.glob(SHARD_GLOB))
-    if not shards:
-        raise MissingComponentError(
-            f"{folder}: no DiT weights found (expected {INDEX_NAME} or {SHARD_GLOB})")
-    return SafetensorsSource.from_files(shards, name=str(folder))
+@dataclasses.dataclass(frozen=True)
+class DitSource:
+    """One DiT, opened but not loaded.
+
+    Attributes:
+        tensors: lazy official-named tensors; quantized layers as ``weight`` codes + fp32 ``weight_scale``.
+        config: architecture, inferred from the tensor shapes (``config.json`` only cross-checks it).
+        layers: official layer name (no ``.weight``) -> `QuantScheme` for every quantized layer.
+        name: the file or folder name, for messages.
+        role: ``"high"`` / ``"low"`` Wan2.2 expert when known, else None.
+        path: the file or folder read.
+        layout: ``official_folder``, ``diffusers_folder``, ``lightx2v_split_folder``, ``indexed_folder``,
+            ``lightx2v_file``, ``comfyui_file``, ``diffusers_file`` or ``pth_file``.
+        details: JSON-serialisable facts for `inspect` (prefix, key names, quantization, config origin, files).
+    """
+
+    tensors: TensorView
+    config: WanConfig
+    layers: dict[str, QuantScheme]
+    name: str
+    role: str | None
+    path: Path
+    layout: str
+    details: dict[str, Any]
 
 
-def read_config(folder: Path) -> dict | None:
-    """The folder's ``config.json`` as a dict, or None when absent (the config is then inferred from tensors)."""
-    path = folder / CONFIG_NAME
-    if not path.is_file():
+def open_dit(path: str | Path, file: str | None = None) -> DitSource:
+    """Open one DiT from a file, a folder (``file`` picks among several models) or a LightX2V config JSON.
+
+    Raises:
+        ModelFormatError: a Wan2.2 A14B folder (use `open_dit_pair`), several models without ``file``, a file that
+            is not a DiT (the message says what it is), or corrupt data.
+        UnsupportedModelError: VACE, Animate and quantization formats we cannot run.
+        MissingComponentError: nothing found.
+    """
+    target = resolve_target(Path(path), file)
+    if isinstance(target, ModelPair):
+        raise ModelFormatError(
+            f"{path} is a Wan2.2 A14B model with two experts ({target.high.path.name}, {target.low.path.name}); "
+            "open it with open_dit_pair, or load_dit, which returns both")
+    return open_unit(target)
+
+
+def open_dit_pair(path: str | Path, high_file: str | None = None,
+                  low_file: str | None = None) -> tuple[DitSource, DitSource]:
+    """Open the (high-noise, low-noise) experts of a Wan2.2 A14B folder or LightX2V config.
+
+    ``high_file`` / ``low_file`` name the model inside an expert folder that holds several.
+    """
+    path = Path(path)
+    experts = pair_folders(path) if path.is_dir() else None
+    if experts is not None:
+        pair = ModelPair(path, resolve(experts[0], high_file, role="high"), resolve(experts[1], low_file, role="low"))
+    else:
+        pair = resolve_target(path, None)
+    if not isinstance(pair, ModelPair):
+        raise ModelFormatError(f"{path}: not a Wan2.2 A14B model (expected high_noise_model/ and low_noise_model/ "
+                               "subfolders, or a LightX2V config with high_/low_noise checkpoints); use open_dit")
+    return open_unit(pair.high), open_unit(pair.low)
+
+
+def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
+             *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+             ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
+             ) -> WanDiT | tuple[WanDiT, WanDiT]:
+    """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run.
+
+    Args:
+        path: a model file, a model folder, a Wan2.2 A14B folder, or a LightX2V config JSON.
+        file: the model to take inside a folder holding several; for an A14B folder a ``(high, low)`` pair.
+        quantization: ``"auto"`` keeps what the file holds (a LightX2V config's ``dit_quant_scheme`` applies);
+            ``"bf16"`` runs unquantized (a quantized file is dequantized, on purpose); ``"fp8"`` / ``"int8"``
+            quantize the attention and FFN linears per output channel at load (LightX2V converter semantics).
+        device: where the weights go; tensors are converted one at a time.
+        dtype: dtype of the float matmul weights (bf16 or fp32); fp32 islands stay fp32.
+        ops_factory: builds the operations factory from the quantized-layer table.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise InvalidInputError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    path = Path(path)
+    config_file = lightx2v_config_of(path)
+    if quantization == "auto" and config_file is not None:
+        quantization = config_file.quantization
+    pair_files = file if isinstance(file, tuple) else (None, None)
+    single_file = None if isinstance(file, tuple) else file
+    target = resolve_target(path, single_file) if not any(pair_files) else None
+    if target is None or isinstance(target, ModelPair):
+        high, low = open_dit_pair(path, *pair_files)
+        return (_build(high, quantization, device, dtype, ops_factory),
+                _build(low, quantization, device, dtype, ops_factory))
+    return _build(open_unit(target), quantization, device, dtype, ops_factory)
+
+
+def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory) -> WanDiT:
+    tensors, layers = source.tensors, source.layers
+    if quantization == "bf16" and layers:
+        log.info("%s: dequantizing %d quantized layers to float, as asked (quantization='bf16')", source.name,
+                 len(layers))
+        tensors, layers = dequantized(tensors, layers), {}
+    elif quantization in _CODES:
+        tensors, layers = quantized(tensors, layers, _CODES[quantization])
+    model = WanDiT.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
+                                   ops=ops_factory(layers), source=source.name)
+    cfg = model.config
+    schemes = sorted({f"{s.codes}/{s.granularity}" for s in layers.values()}) or [str(dtype).removeprefix("torch.")]
+    log.info("Wan DiT %s (%s%s): %s, dim %d, %d blocks, %s on %s", source.name, source.layout,
+             f", {source.role} noise" if source.role else "", cfg.model_type, cfg.dim, cfg.num_layers,
+             "+".join(schemes), device)
+    return model
+
+
+def lightx2v_config_of(path: Path) -> LightX2VConfig | None:
+    """The LightX2V config when ``path`` is one; None for model files and folders."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelFormatError(f"{path}: invalid JSON ({error})") from None
+    if not is_lightx2v_config(data):
+        raise ModelFormatError(f"{path}: this JSON is not a LightX2V config (a model's config.json is read from "
+                               "its folder: give the folder instead)")
+    return read_lightx2v_config(path)
+
+
+def resolve_target(path: Path, file: str | None) -> ModelUnit | ModelPair:
+    """The files behind a path, following a LightX2V config's selection when the path is one."""
+    config = lightx2v_config_of(path)
+    if config is None:
+        return resolve(path, file)
+    if config.high is not None:
+        return ModelPair(path, _single(resolve(config.high, role="high"), config.high),
+                         _single(resolve(config.low, role="low"), config.low))
+    chosen = config.dit or config.model_path
+    if chosen is None:
+        raise ModelFormatError(f"{path}: the config names no model (set model_path or a *_ckpt key)")
+    return resolve(chosen, file)
+
+
+def _single(found: ModelUnit | ModelPair, path: Path) -> ModelUnit:
+    if isinstance(found, ModelPair):
+        raise ModelFormatError(f"{path}: an expert checkpoint must be one model, not an A14B folder")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class RawUnit:
+    """A unit's stored tensors before canonicalization: what `inspect` reports on refused models."""
+
+    raw: TensorView
+    metadata: dict[str, str]
+    layout: KeyLayout
+    config_json: dict[str, Any] | None
+
+
+def read_unit(unit: ModelUnit) -> RawUnit:
+    """Open a unit's files (headers only) and find its key naming; refuses files that are not a DiT."""
+    name = str(unit.path)
+    if unit.container == "pth_file":
+        raw, metadata = view_of_tensors(read_pth(unit.path), name), {}
+    else:
+        source = (SafetensorsSource(unit.key_files, name) if unit.key_files is not None
+                  else SafetensorsSource.from_files(unit.files, name))
+        raw, metadata = source.view(), source.metadata()
+    return RawUnit(raw, metadata, detect_key_layout(raw.keys(), name), _read_config_json(unit.config))
+
+
+def open_unit(unit: ModelUnit) -> DitSource:
+    """Open resolved files as a `DitSource` (refusing VACE / Animate and anything that is not a DiT)."""
+    name = str(unit.path)
+    found = read_unit(unit)
+    raw, metadata, layout = found.raw, found.metadata, found.layout
+    unsupported = unsupported_model(layout.names, found.config_json)
+    if unsupported is not None:
+        raise UnsupportedModelError(f"{name}: this is a {unsupported[1]} checkpoint ({unsupported[0]}), which Wan "
+                                    "Express does not support yet")
+    canonical = canonicalize(raw, metadata, layout, name)
+    config = WanConfig.infer(canonical.tensors.shapes(), source=name)
+    config, config_origin = _cross_check(config, found.config_json, unit.config)
+    if layout.ignored:
+        log.info("%s: ignoring %d keys outside the DiT prefix %r (e.g. %s)", name, len(layout.ignored),
+                 layout.prefix, layout.ignored[0])
+    details = {
+        "container": unit.container,
+        "files": [str(f) for f in unit.files],
+        "prefix": layout.prefix,
+        "key_names": "diffusers" if layout.diffusers else "official",
+        "ignored_keys": len(layout.ignored),
+        "config_origin": config_origin,
+        "quantization": canonical.summary,
+    }
+    return DitSource(tensors=canonical.tensors, config=config, layers=canonical.layers, name=name, role=unit.role,
+                     path=unit.path, layout=_layout(unit.container, layout.prefix, layout.diffusers,
+                                                    canonical.summary["quant_format"]), details=details)
+
+
+def unsupported_model(names: Mapping[str, str], config_json: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(variant, plain name) of a recognised model we cannot run yet (VACE, Animate), from keys or config.json."""
+    for key, model in UNSUPPORTED_KEYS.items():
+        if key in names:
+            return model
+    return UNSUPPORTED_CLASSES.get((config_json or {}).get("_class_name"))
+
+
+def _layout(container: str, prefix: str, diffusers: bool, quant_format: str) -> str:
+    if container == "model_folder":
+        return "diffusers_folder" if diffusers else "official_folder"
+    if container == "split_folder":
+        return "lightx2v_split_folder"
+    if container != "single_file":
+        return container
+    if diffusers:
+        return "diffusers_file"
+    if prefix or quant_format in ("scaled_fp8", "comfy_quant"):
+        return "comfyui_file"
+    return "lightx2v_file"
+
+
+def _read_config_json(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
         return None
     try:
         data = json.loads(path.read_text())
@@ -54,25 +272,17 @@ def read_config(folder: Path) -> dict | None:
     return data
 
 
-def load_dit(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-             ops: TorchOps | None = None) -> WanDiT:
-    """Load a Wan DiT from an official folder or a single official-named ``.safetensors`` file.
-
-    Args:
-        path: model folder (``config.json`` optional) or one safetensors file.
-        dtype: matmul weight dtype (bf16 or fp32); fp32 islands stay fp32.
-        device: where the weights go; tensors are converted one at a time.
-        ops: operations factory (default plain PyTorch).
-    """
-    path = Path(path)
-    if path.is_dir():
-        tensors, config = open_official_folder(path), read_config(path)
-    elif path.is_file():
-        tensors, config = SafetensorsSource.from_files([path], name=str(path)), None
-    else:
-        raise MissingComponentError(f"{path}: no such file or folder")
-    model = WanDiT.from_state_dict(tensors, config=config, dtype=dtype, device=device, ops=ops, source=str(path))
-    cfg = model.config
-    log.info("Wan DiT from %s: %s, dim %d, %d blocks, %s on %s (config %s)", path.name, cfg.model_type, cfg.dim,
-             cfg.num_layers, str(dtype).removeprefix("torch."), device, "from config.json" if config else "inferred")
-    return model
+def _cross_check(config: WanConfig, data: dict[str, Any] | None, path: Path | None) -> tuple[WanConfig, str]:
+    """Tensors decide the architecture; config.json adds eps/text_len and any disagreement is logged."""
+    if data is None:
+        return config, "inferred from tensors"
+    conflicts = [f"{key} {data[key]} (tensors: {getattr(config, key)})" for key in _CROSS_CHECKED
+                 if key in data and data[key] != getattr(config, key)]
+    if conflicts:
+        log.warning("%s disagrees with the weights, which win: %s", path, "; ".join(conflicts))
+    try:
+        extra = {key: type(getattr(config, key))(data[key]) for key in _CONFIG_ONLY if key in data}
+    except (TypeError, ValueError) as error:
+        raise ModelFormatError(f"{path}: {error}") from None
+    return dataclasses.replace(config, **extra), ("inferred from tensors, config.json disagrees" if conflicts
+                                                   else "inferred from tensors, matches config.json")
