@@ -7,6 +7,7 @@ from .inspector import inspect
 from .lightx2v_config import read_lightx2v_config
 from .safetensors_source import SafetensorsSource
 from .text_encoder_loader import load_text_encoder
+from .vae_loader import load_vae
 
 __all__ = [
     "DitSource",
@@ -16,6 +17,7 @@ __all__ = [
     "load_clip_vision",
     "load_dit",
     "load_text_encoder",
+    "load_vae",
     "open_dit",
     "open_dit_pair",
     "read_lightx2v_config",

@@ -1,6 +1,25 @@
-"""Networks of Wan Express: the Wan DiT (encoders and VAEs join here)."""
+"""Networks of Wan Express: the Wan DiT, umT5-XXL, CLIP ViT-H/14 vision tower and the Wan2.1 / Wan2.2 VAEs."""
 
+from .clip_vision import ClipVisionConfig, ClipVisionEncoder
+from .t5 import T5Config, TextEncoder, UMT5Encoder
+from .vae2_1 import WAN21_VAE, VaeConfig, WanVAE, WanVAE21
+from .vae2_2 import WAN22_VAE, WanVAE22
 from .wan_config import RELEASED_CONFIGS, WanConfig
 from .wan_dit import WanDiT
 
-__all__ = ["RELEASED_CONFIGS", "WanConfig", "WanDiT"]
+__all__ = [
+    "RELEASED_CONFIGS",
+    "WAN21_VAE",
+    "WAN22_VAE",
+    "ClipVisionConfig",
+    "ClipVisionEncoder",
+    "T5Config",
+    "TextEncoder",
+    "UMT5Encoder",
+    "VaeConfig",
+    "WanConfig",
+    "WanDiT",
+    "WanVAE",
+    "WanVAE21",
+    "WanVAE22",
+]

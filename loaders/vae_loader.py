@@ -1,0 +1,132 @@
+"""Load a Wan2.1 or Wan2.2 VAE from the official ``.pth`` or its ComfyUI ``.safetensors`` twin.
+
+Entry point: `load_vae(path)`. Both files use the official key names (spec formats.md §8.3); they differ in
+container and disk dtype (the ComfyUI twins are half precision), so reading is a table of readers by suffix and
+everything after it is shared. The version and widths are inferred from tensor shapes, which also lets tiny
+test models load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..models.vae2_1 import VaeConfig, WanVAE, WanVAE21
+from ..models.vae2_2 import WanVAE22
+from .pth_reader import read_pth
+
+log = logging.getLogger(__name__)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own types for a bad header
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+# File suffix -> reader returning official-named tensors. The .pth reader never runs pickled code.
+READERS: dict[str, Callable[[Path], dict[str, torch.Tensor]]] = {
+    ".pth": read_pth,
+    ".pt": read_pth,
+    ".safetensors": _read_safetensors,
+}
+
+WAN_VAE_MARKER = "decoder.middle.0.residual.0.gamma"
+# version -> (key only that version has, network class, channels into the encoder / out of the decoder)
+VERSIONS: dict[str, tuple[str, type[WanVAE], int]] = {
+    "2.2": ("decoder.upsamples.0.upsamples.0.residual.2.weight", WanVAE22, 12),
+    "2.1": ("decoder.upsamples.0.residual.2.weight", WanVAE21, 3),
+}
+LATENT_CHANNELS = {"2.1": 16, "2.2": 48}
+
+
+def read_vae_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a VAE file, by its suffix (``.pth``/``.pt`` or ``.safetensors``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file (expected Wan2.1_VAE.pth, Wan2.2_VAE.pth or a ComfyUI "
+                               "wan_2.1_vae / wan2.2_vae .safetensors)")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ModelFormatError(f"{path}: unknown VAE file type {path.suffix!r}; expected one of {sorted(READERS)}")
+    return reader(path)
+
+
+def detect_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> VaeConfig:
+    """Version and widths of a Wan VAE from its tensor shapes (spec formats.md §8.3)."""
+    if WAN_VAE_MARKER not in shapes:
+        raise ModelFormatError(f"{source}: not a Wan VAE (no {WAN_VAE_MARKER!r}); load a Wan2.1 or Wan2.2 VAE file")
+    version = next((name for name, (marker, _, _) in VERSIONS.items() if marker in shapes), None)
+    if version is None:
+        raise ModelFormatError(f"{source}: a Wan VAE without the decoder stage keys of Wan2.1 or Wan2.2 "
+                               f"({', '.join(marker for marker, _, _ in VERSIONS.values())})")
+    for key in ("encoder.conv1.weight", "decoder.head.0.gamma", "decoder.head.2.weight", "conv2.weight"):
+        if key not in shapes:
+            raise ModelFormatError(f"{source}: Wan{version} VAE tensor {key!r} is missing; the file is incomplete")
+    pixels = VERSIONS[version][2]
+    if shapes["encoder.conv1.weight"][1] != pixels or shapes["decoder.head.2.weight"][0] != pixels:
+        raise UnsupportedModelError(
+            f"{source}: Wan{version} VAE with {shapes['encoder.conv1.weight'][1]} input / "
+            f"{shapes['decoder.head.2.weight'][0]} output channels; only the RGB layout ({pixels}) is supported")
+    z_dim = shapes["conv2.weight"][0]
+    if z_dim != LATENT_CHANNELS[version]:
+        raise UnsupportedModelError(f"{source}: Wan{version} VAE with a {z_dim}-channel latent; only "
+                                    f"{LATENT_CHANNELS[version]} channels have official latent statistics")
+    return VaeConfig(version, dim=shapes["encoder.conv1.weight"][0], dec_dim=shapes["decoder.head.0.gamma"][0],
+                     z_dim=z_dim)
+
+
+def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu", latent_format: str = "normalized", source: str = "state dict"
+              ) -> WanVAE:
+    """A Wan VAE from official-named tensors, every key and shape checked, weights cast to ``dtype``."""
+    config = detect_vae_config({key: tuple(t.shape) for key, t in tensors.items()}, source)
+    with torch.device("meta"):
+        model = VERSIONS[config.version][1](config, latent_format=latent_format)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"{source}: does not match the Wan{config.version} VAE layout (dim {config.dim}, decoder "
+            f"{config.dec_dim}): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Use an official or ComfyUI Wan VAE file")
+    for key, reference in expected.items():
+        if tuple(tensors[key].shape) != tuple(reference.shape):
+            raise ModelFormatError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, the Wan{config.version} "
+                                   f"VAE inferred from the file needs {tuple(reference.shape)}")
+    model.load_state_dict({key: tensors[key].to(device=device, dtype=dtype) for key in expected},
+                          strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+             latent_format: str = "normalized") -> WanVAE:
+    """Load ``Wan2.1_VAE.pth`` / ``Wan2.2_VAE.pth`` or a ComfyUI twin (``wan_2.1_vae.safetensors``, ...).
+
+    Args:
+        path: the VAE file; ``.pth`` files are read with ``torch.load(weights_only=True)``.
+        dtype: weight and compute dtype (fp32 is the official; bf16 halves memory). Outputs are fp32.
+        device: where the weights go.
+        latent_format: the latent convention of ``encode``/``decode``. "normalized" (default):
+            ``z = (mu - mean) / std`` per channel with the official statistics, what the Wan DiT and the
+            official pipelines use. "comfy": raw VAE space ``mu``, the convention of ComfyUI's LATENT (its
+            model applies the same mean/std internally), so latents interoperate with core nodes.
+
+    Returns:
+        `WanVAE21` or `WanVAE22`: ``encode(video [B,3,1+4k,H,W] in [-1,1]) -> [B,z,1+k,H/s,W/s]``,
+        ``decode(latent) -> video in [-1,1]``, attributes ``z_dim`` and ``stride``.
+    """
+    path = Path(path)
+    model = build_vae(read_vae_tensors(path), dtype=dtype, device=device, latent_format=latent_format,
+                      source=str(path))
+    cfg = model.config
+    log.info("Wan%s VAE from %s: z %d, widths %d/%d, %s on %s, %s latents", cfg.version, path.name, cfg.z_dim,
+             cfg.dim, cfg.dec_dim, str(dtype).removeprefix("torch."), device, latent_format)
+    return model

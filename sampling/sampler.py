@@ -1,0 +1,119 @@
+"""The sampling loop: noise -> (expert, guidance, solver step) per schedule step -> clean latent.
+
+Entry point: `sample(models, conditioning, *, schedule, seed, ...) -> latent [1, C, T, H, W]`. Schedules are
+`DistillSchedule` (LightX2V 4-step), `FlowUniPC` (official default) and `FlowEuler`; conditionings come from
+`sampling.conditioning`. The loop checks for an interrupt before every model call and stops with an error naming the
+step as soon as the latent holds NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, WanExpressError
+from .conditioning import Conditioning
+from .experts import ExpertHook, Experts
+from .noise import initial_noise
+from .schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, torch.Tensor], None]
+"""``progress(step, total, x0_preview)`` after every step; step counts from 1, preview is [1, C, T, H, W] fp32."""
+
+InterruptCheck = Callable[[], bool]
+"""Asked before every model call; returning True stops the run (raising inside it stops it too)."""
+
+
+class NonFiniteLatentError(WanExpressError):
+    """The latent became NaN or Inf during sampling."""
+
+
+class SamplingInterrupted(WanExpressError):
+    """The interrupt check asked the sampler to stop."""
+
+
+def _check_interrupt(interrupt: InterruptCheck | None, step: int, total: int) -> None:
+    if interrupt is not None and interrupt():
+        raise SamplingInterrupted(f"sampling interrupted before the model call of step {step}/{total}")
+
+
+def _velocity(model: nn.Module, latent: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
+              guidance: float, check: Callable[[], None]) -> torch.Tensor:
+    """Model velocity [1, C, T, H, W] fp32, with CFG `v_u + g·(v_c − v_u)` when guidance ≠ 1 (image
+    conditioning in both branches, only the text differs)."""
+    extra = dict(clip_fea=conditioning.clip_fea, y=conditioning.y)
+    check()
+    velocity = model(latent, timestep, conditioning.context, **extra).float()
+    if guidance == 1.0:
+        return velocity
+    check()
+    unconditional = model(latent, timestep, conditioning.negative_context, **extra).float()
+    return unconditional + guidance * (velocity - unconditional)
+
+
+def _on_device(conditioning: Conditioning, device: torch.device) -> Conditioning:
+    moved = {field: getattr(conditioning, field) for field in ("context", "negative_context", "y", "clip_fea",
+                                                                "first_latent")}
+    moved = {field: None if tensor is None else tensor.to(device) for field, tensor in moved.items()}
+    return Conditioning(latent_shape=conditioning.latent_shape, **moved)
+
+
+def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, *, schedule: Schedule, seed: int,
+           noise_source: str = "cpu", device: torch.device | str | None = None,
+           progress: ProgressCallback | None = None, interrupt: InterruptCheck | None = None,
+           expert_hook: ExpertHook | None = None) -> torch.Tensor:
+    """Generate a clean latent.
+
+    Args:
+        models: one `WanDiT`, or a Wan2.2 A14B pair (high-noise expert, low-noise expert).
+        conditioning: from `text_to_video`, `image_to_video`, `first_last_to_video` or `ti2v_image_to_video`.
+        schedule: `DistillSchedule`, `FlowUniPC` or `FlowEuler`.
+        seed: noise seed.
+        noise_source: "cpu" (same noise on every machine) or "lightx2v" (CUDA generator, LightX2V parity).
+        device: where the latent lives; default: the device of the first model.
+        progress: called after each step with (step, total, x0 preview).
+        interrupt: asked before each model call; True stops with `SamplingInterrupted`.
+        expert_hook: two-expert runs: ``hook(active, idle)`` when the expert changes (e.g. to offload the idle one).
+
+    Returns:
+        [1, C, T, H, W] float32 normalised latent, ready for the VAE decoder.
+    """
+    experts = Experts(models, expert_hook)
+    device = torch.device(device) if device is not None else experts.device
+    plan = experts.plan(schedule, conditioning.default_boundary)
+    total = len(plan)
+    guidance = [schedule.guidance(expert) for expert in plan]
+    if any(g != 1.0 for g in guidance) and conditioning.negative_context is None:
+        raise InvalidInputError("guidance is on (cfg != 1) but no negative context was given; encode the negative "
+                                "prompt (sampling.prompts.negative_prompt gives the official default) or set cfg 1")
+    sigmas = schedule.sigmas().tolist()
+    timesteps = schedule.timesteps().to(device)
+    solver = schedule.solver()
+    conditioning = _on_device(conditioning, device)
+    log.info("sampling %d steps with %s (cfg %s), latent %s, %s, seed %d", total, type(schedule).__name__,
+             sorted(set(guidance)), conditioning.latent_shape,
+             f"experts high x{plan.count(0)} / low x{plan.count(1)}" if experts.pair else "one model", seed)
+
+    noise = initial_noise(conditioning.latent_shape, seed, noise_source, device)
+    latent = conditioning.reimpose(noise).to(schedule.latent_dtype)
+    with torch.no_grad():
+        for step, expert in enumerate(plan):
+            model = experts.activate(expert)
+            timestep = conditioning.token_timesteps(timesteps[step:step + 1])
+            velocity = _velocity(model, latent, timestep, conditioning, guidance[step],
+                                 lambda: _check_interrupt(interrupt, step + 1, total))
+            preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)
+            latent = conditioning.reimpose(solver.step(latent, velocity))
+            if not torch.isfinite(latent).all():
+                raise NonFiniteLatentError(
+                    f"the latent became NaN/Inf at step {step + 1}/{total} (timestep {timesteps[step].item():g}"
+                    f"{', low-noise expert' if expert else ', high-noise expert' if experts.pair else ''}); the "
+                    "model weights or their precision overflow: try bf16 instead of fp16, or another quantization")
+            if progress is not None:
+                progress(step + 1, total, preview)
+    return latent.float()
