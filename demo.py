@@ -1,7 +1,9 @@
 """The embedded demo: a tiny random Wan model written in the official folder layout, loaded back and run.
 
 `python -m wan_express demo` writes ``config.json``, two ``diffusion_pytorch_model-0000k-of-00002.safetensors``
-shards and their index to a temporary folder, loads it with `load_dit` and predicts a velocity on CPU in seconds.
+shards with their index and a ``Wan2.1_VAE.pth`` to a temporary folder, loads them like a real Wan2.1 folder and
+generates a 9-frame video with the 4-step distill schedule, on CPU in seconds. The writers here also build the
+synthetic models of the tests.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .loaders import load_dit
+from .loaders import find_components, load_dit, load_vae
 from .loaders.dit_loader import CONFIG_NAME, INDEX_NAME
-from .models import WanConfig, WanDiT
+from .models import VaeConfig, WanConfig, WanDiT, WanVAE21, WanVAE22
+from .sampling import DistillSchedule, sample, text_to_video
 
 DEMO_CONFIG = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 
@@ -63,25 +66,46 @@ def write_official_folder(folder: Path, config: WanConfig, *, seed: int = 0, sha
     return state_dict
 
 
+def write_vae(path: Path, version: str = "2.1", *, seed: int = 0, width: int = 8) -> Path:
+    """A random Wan VAE with the official architecture and key names (``width`` channels instead of 96/160).
+
+    ``.pth`` paths are written as the official files are (a plain tensor dict); others as safetensors.
+    """
+    vae_class, z_dim = (WanVAE21, 16) if version == "2.1" else (WanVAE22, 48)
+    vae = vae_class(VaeConfig(version, dim=width, dec_dim=width, z_dim=z_dim))
+    random_weights_(vae, seed)
+    tensors = {key: tensor.contiguous() for key, tensor in vae.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pth":
+        torch.save(tensors, str(path))
+    else:
+        save_file(tensors, str(path))
+    return path
+
+
 def run_demo() -> str:
-    """Write, load and run the tiny model; returns a short report."""
+    """Write a tiny model folder, then run the whole 4-step distill text-to-video path; returns a short report."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wan_express_demo_") as tmp:
         folder = Path(tmp) / "Wan2.1-T2V-tiny"
         write_official_folder(folder, DEMO_CONFIG)
+        write_vae(folder / "Wan2.1_VAE.pth")
+        components = find_components(folder)
         model = load_dit(folder, dtype=torch.float32)
-        generator = torch.Generator().manual_seed(0)
-        latent = torch.randn(1, 16, 3, 8, 12, generator=generator)
-        context = torch.randn(1, 20, DEMO_CONFIG.text_dim, generator=generator)
-        with torch.no_grad():
-            velocity = model(latent, torch.tensor([750.0]), context)
-    if not torch.isfinite(velocity).all():
-        raise RuntimeError("demo produced a non-finite velocity")
+        vae = load_vae(components.require("vae"))
+        # A random stand-in for the umT5 embedding of a prompt (the demo ships no text encoder weights).
+        context = torch.randn(1, 20, DEMO_CONFIG.text_dim, generator=torch.Generator().manual_seed(0))
+        conditioning = text_to_video(context, width=96, height=64, frames=9)
+        latent = sample(model, conditioning, schedule=DistillSchedule(), seed=0)
+        video = vae.decode(latent)
+    if not torch.isfinite(video).all():
+        raise RuntimeError("demo produced a non-finite video")
     cfg = model.config
-    return (f"Wan Express demo: official folder ({len(list(cfg.to_json()))} config keys, 2 shards + index) -> "
+    return (f"Wan Express demo: official folder (config.json, 2 shards + index, Wan2.1_VAE.pth) -> "
             f"WanDiT {cfg.model_type} dim {cfg.dim} x {cfg.num_layers} blocks\n"
-            f"latent {tuple(latent.shape)} at t=750 -> velocity {tuple(velocity.shape)}, "
-            f"std {velocity.std().item():.4f}, {time.perf_counter() - started:.2f} s on CPU")
+            f"4-step distill sampling (timesteps 1000, 937.5, 833.3, 625) -> latent {tuple(latent.shape)} -> "
+            f"VAE decode -> video {tuple(video.shape)} in [{video.min().item():.2f}, {video.max().item():.2f}], "
+            f"{time.perf_counter() - started:.2f} s on CPU")
 
 
 def add_arguments(parser) -> None:

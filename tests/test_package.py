@@ -32,4 +32,4 @@ def test_node_mappings_are_v1_classes_with_valid_attributes():
 
 def test_demo_runs_from_the_command_line():
     result = subprocess.run([sys.executable, "-m", "wan_express", "demo"], capture_output=True, text=True, check=True)
-    assert "velocity (1, 16, 3, 8, 12)" in result.stdout
+    assert "video (1, 3, 9, 64, 96)" in result.stdout

@@ -4,15 +4,12 @@ TI2V per-token timesteps, NaN detection, interrupt, progress, noise sources, and
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from wan_express.demo import random_weights_, write_official_folder
+from wan_express.demo import random_weights_, write_official_folder, write_vae
 from wan_express.errors import InvalidInputError
 from wan_express.loaders import load_dit
 from wan_express.loaders.vae_loader import load_vae
 from wan_express.models import WanConfig, WanDiT
-from wan_express.models.vae2_1 import VaeConfig, WanVAE21
-from wan_express.models.vae2_2 import WanVAE22
 from wan_express.sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, NonFiniteLatentError,
                                   SamplingInterrupted, image_to_video, initial_noise, sample, text_to_video,
                                   ti2v_image_to_video)
@@ -190,17 +187,8 @@ def test_sampling_on_cuda_is_repeatable_with_both_noise_sources():
         assert torch.equal(first, sample(model, cond, schedule=schedule, seed=9, noise_source=source))
 
 
-TINY_VAES = {"2.1": (WanVAE21, 16), "2.2": (WanVAE22, 48)}
-
-
 def write_tiny_vae(folder, version, seed):
-    """A tiny random Wan VAE (official architecture and key names, narrow widths) saved as a safetensors file."""
-    vae_class, z_dim = TINY_VAES[version]
-    vae = vae_class(VaeConfig(version, dim=8, dec_dim=8, z_dim=z_dim))
-    random_weights_(vae, seed)
-    path = folder / f"tiny_wan{version}_vae.safetensors"
-    save_file({key: tensor.contiguous() for key, tensor in vae.state_dict().items()}, str(path))
-    return path
+    return write_vae(folder / f"tiny_wan{version}_vae.safetensors", version, seed=seed)
 
 
 @pytest.fixture(scope="module")
