@@ -1,4 +1,4 @@
-"""Node: load a Wan DiT from a model folder or single file."""
+"""Node: load a Wan DiT (or a Wan2.2 A14B expert pair) from a model folder or single file."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from ..loaders import load_dit
 from . import host
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+QUANTIZATION = ("auto", "fp8", "int8", "bf16")
 
 
 class WanExpressDiTLoader:
     """Loads a Wan2.1 / Wan2.2 DiT (official folder or single safetensors) for the Wan Express sampler."""
 
     CATEGORY = "Wan Express/loaders"
-    DESCRIPTION = ("Load a Wan DiT: an official folder from models/wan_express/ (config.json + shards) or a "
-                   "single safetensors from models/diffusion_models/. The architecture is read from the weights.")
+    DESCRIPTION = ("Load a Wan DiT: an official folder from models/wan_express/ (config.json + shards, or a Wan2.2 "
+                   "A14B folder with high_noise_model/ and low_noise_model/) or a single safetensors from "
+                   "models/diffusion_models/ (LightX2V, ComfyUI or official names; BF16, FP8 or INT8). The "
+                   "architecture is read from the weights.")
     RETURN_TYPES = ("WANEXPRESS_DIT",)
     RETURN_NAMES = ("dit",)
-    OUTPUT_TOOLTIPS = ("The loaded Wan diffusion transformer.",)
+    OUTPUT_TOOLTIPS = ("The loaded Wan diffusion transformer (a high/low pair for Wan2.2 A14B folders).",)
     FUNCTION = "load"
 
     @classmethod
@@ -26,10 +29,13 @@ class WanExpressDiTLoader:
         return {
             "required": {
                 "model": (host.list_dit_models(), {"tooltip": "Model folder (ends with /) or file."}),
-                "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Matmul weight precision; norms, "
-                                         "modulation and the head always run in fp32."}),
+                "quantization": (list(QUANTIZATION), {"default": "auto", "tooltip": "auto keeps what the file "
+                                 "holds; fp8/int8 quantize float weights per channel at load; bf16 runs unquantized."}),
+                "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Precision of the float matmul weights; "
+                                         "norms, modulation and the head always run in fp32."}),
             }
         }
 
-    def load(self, model: str, dtype: str):
-        return (load_dit(host.resolve_dit_model(model), dtype=DTYPES[dtype], device=host.torch_device()),)
+    def load(self, model: str, quantization: str, dtype: str):
+        return (load_dit(host.resolve_dit_model(model), quantization=quantization, dtype=DTYPES[dtype],
+                         device=host.torch_device()),)

@@ -36,8 +36,9 @@ def list_dit_models() -> list[str]:
     for root in folder_paths.get_folder_paths(FOLDER_KEY):
         root_path = Path(root)
         if root_path.is_dir():
+            # every model folder (official, A14B parent, split, diffusers); the loader names what it finds
             folders += [f"{child.name}/" for child in sorted(root_path.iterdir())
-                        if child.is_dir() and any(child.glob("diffusion_pytorch_model*.safetensors"))]
+                        if child.is_dir() and not child.name.startswith(".")]
     return folders + files
 
 
