@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+import ftfy
 import torch
 
 from ..errors import MissingComponentError, ModelFormatError
@@ -23,11 +24,6 @@ from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
 from .pth_reader import read_pth
 from .safetensors_source import SafetensorsSource
-
-try:  # ftfy is what the official cleaning starts with, but neither ComfyUI nor this pack depends on it
-    import ftfy
-except ImportError:
-    ftfy = None
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +56,9 @@ _WHITESPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 
 
 def clean_prompt(text: str) -> str:
-    """The official prompt cleaning: ``ftfy.fix_text`` (only when ftfy is installed; it is not a dependency, and
-    it only changes mis-encoded text such as mojibake), HTML-unescape twice, collapse whitespace, strip."""
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
+    """The official prompt cleaning: ``ftfy.fix_text`` (mojibake, curly quotes, ligatures, NFC), HTML-unescape
+    twice, collapse whitespace, strip."""
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(" ", text).strip()
 

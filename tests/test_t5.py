@@ -307,9 +307,12 @@ def test_tokenizer_pads_truncates_and_round_trips(official_folder):
 
 @pytest.mark.parametrize("text", [
     "  hello\u00a0world\u3000again\x1cend ", "a &amp;amp; b &lt;tag&gt;", "tabs\t\tand\nnewlines\r\n",
-    "\u2028line\u2029para\u205fx\u200ay", "&quot;quoted&quot;  &#39;single&#39;"])
+    "\u2028line\u2029para\u205fx\u200ay", "&quot;quoted&quot;  &#39;single&#39;",
+    "\u201ccurly\u201d \ufb01sh, \u4e2d\u6587\uff0c", "mojibake: caf\u00c3\u00a9"])
 def test_prompt_cleaning_matches_official(text):
-    """Against the official basic_clean + whitespace_clean (with ftfy when installed, else both skip it)."""
+    """Against the official basic_clean + whitespace_clean, both with the real ftfy."""
+    import ftfy
+    assert ftfy.fix_text("\u201cx\u201d") == '"x"'  # the real library, not a stand-in
     tokenizers = import_official("tokenizers")
     assert clean_prompt(text) == tokenizers.whitespace_clean(tokenizers.basic_clean(text))
 
