@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -39,11 +38,6 @@ class Experts:
     @property
     def pair(self) -> bool:
         return len(self.models) == 2
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the model that runs first (the high-noise expert of a pair)."""
-        return next(self.models[0].parameters()).device
 
     def plan(self, schedule, boundary: float) -> list[int]:
         """Expert index per step: all 0 for one model, else the schedule's switching rule."""

@@ -74,7 +74,8 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
         conditioning: from `text_to_video`, `image_to_video`, `first_last_to_video` or `ti2v_image_to_video`.
         schedule: `DistillSchedule`, `FlowUniPC` or `FlowEuler`.
         seed: noise seed.
-        noise_source: "cpu" (same noise on every machine) or "lightx2v" (CUDA generator, LightX2V parity).
+        noise_source: "cpu" (same noise on every machine) or "lightx2v": LightX2V parity, i.e. its CUDA generator
+            draw and bf16 latents between steps whatever the schedule's ``latent_dtype``.
         device: where the latent lives; default: the device of the first model.
         progress: called after each step with (step, total, x0 preview).
         interrupt: asked before each model call; True stops with `SamplingInterrupted`.
@@ -84,8 +85,11 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
         [1, C, T, H, W] float32 normalised latent, ready for the VAE decoder.
     """
     experts = Experts(models, expert_hook)
-    device = torch.device(device) if device is not None else experts.device
     plan = experts.plan(schedule, conditioning.default_boundary)
+    first = experts.activate(plan[0])  # the hook runs first, so an offloaded first expert is in place
+    device = torch.device(device) if device is not None else next(first.parameters()).device
+    # LightX2V parity: its latents live in bf16 between steps (and so does y, concatenated to them)
+    latent_dtype = torch.bfloat16 if noise_source == "lightx2v" else schedule.latent_dtype
     total = len(plan)
     guidance = [schedule.guidance(expert) for expert in plan]
     if any(g != 1.0 for g in guidance) and conditioning.negative_context is None:
@@ -100,7 +104,7 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
              f"experts high x{plan.count(0)} / low x{plan.count(1)}" if experts.pair else "one model", seed)
 
     noise = initial_noise(conditioning.latent_shape, seed, noise_source, device)
-    latent = conditioning.reimpose(noise).to(schedule.latent_dtype)
+    latent = conditioning.reimpose(noise).to(latent_dtype)
     with torch.no_grad():
         for step, expert in enumerate(plan):
             model = experts.activate(expert)
@@ -108,7 +112,7 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
             velocity = _velocity(model, latent, timestep, conditioning, guidance[step],
                                  lambda: _check_interrupt(interrupt, step + 1, total))
             preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)
-            latent = conditioning.reimpose(solver.step(latent, velocity))
+            latent = conditioning.reimpose(solver.step(latent, velocity)).to(latent_dtype)
             if not torch.isfinite(latent).all():
                 raise NonFiniteLatentError(
                     f"the latent became NaN/Inf at step {step + 1}/{total} (timestep {timesteps[step].item():g}"

@@ -60,6 +60,38 @@ def test_unipc_with_cfg_matches_the_official_loop():
     assert error <= PARITY_TOL, error
 
 
+def lightx2v_distill_loop(high, low, cond, noise, boundary_step_index=2):
+    """LightX2V's 4-step loop written out from spec sampling.md §2-§3: bf16 latents, fp32 `step_post` update."""
+    sigmas = [1.0, 0.9375, 0.8333333333333334, 0.625, 0.0]
+    latents = noise.to(torch.bfloat16)
+    with torch.no_grad():
+        for i in range(4):
+            model = high if i < boundary_step_index else low
+            t = torch.tensor([sigmas[i] * 1000.0])
+            v = model(latents, t, cond.context).float()
+            x0 = latents.float() - sigmas[i] * v
+            latents = (x0 + sigmas[i + 1] * v if i < 3 else x0).to(torch.bfloat16)
+    return latents.float()
+
+
+def test_distill_pair_with_bf16_latents_matches_the_lightx2v_loop():
+    high, low = tiny_dit(seed=1), tiny_dit(seed=2)
+    cond = t2v_conditioning(negative=False)
+    got = sample((high, low), cond, schedule=DistillSchedule(latent_dtype=torch.bfloat16), seed=3)
+    expected = lightx2v_distill_loop(high, low, cond, initial_noise(LATENT, 3))
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lightx2v_noise_source_is_the_lightx2v_loop_on_cuda():
+    high, low = tiny_dit(seed=1).cuda(), tiny_dit(seed=2).cuda()
+    cond = t2v_conditioning(negative=False)
+    got = sample((high, low), cond, schedule=DistillSchedule(), seed=3, noise_source="lightx2v")
+    noise = torch.randn(LATENT, generator=torch.Generator("cuda").manual_seed(3), device="cuda")[None]
+    cond_cuda = Conditioning(cond.context.cuda(), LATENT)
+    assert torch.equal(got, lightx2v_distill_loop(high, low, cond_cuda, noise))
+
+
 def test_expert_pair_switches_after_boundary_step_index_and_calls_the_hook():
     high, low = tiny_dit(seed=1), tiny_dit(seed=2)
     high_calls, low_calls = record_timesteps(high), record_timesteps(low)
