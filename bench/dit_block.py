@@ -1,5 +1,5 @@
 """One real Wan-14B block (`models.wan_dit.WanBlock`, random normal weights) in bf16, FP8 with separate activation
-quantization kernels, FP8 with the fused LN+modulation / GELU quantizers, and INT8 (fused).
+quantization kernels, FP8 with the fused LN+modulation / affine LN / GELU quantizers, and INT8 (fused).
 
 Usage: ``python bench/dit_block.py [--tokens 32760 75600] [--json dit_block.json]`` on a CUDA GPU, with the pack
 importable as ``wan_express``. Times are CUDA-event medians of whole block forwards (attention: PyTorch SDPA bf16).
@@ -26,9 +26,10 @@ BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
 
 
 class SeparateQuantOps(QuantOps):
-    """FP8/INT8 linears whose inputs are quantized by a standalone kernel (LN+modulation and GELU stay torch)."""
+    """FP8/INT8 linears whose inputs are quantized by a standalone kernel (LN+modulation, LN and GELU stay torch)."""
 
     norm_modulate = TorchOps.norm_modulate
+    layer_norm = TorchOps.layer_norm
     gelu_tanh = TorchOps.gelu_tanh
 
 

@@ -2,8 +2,9 @@
 
 Every row (token) gets ``scale = max(amax, 1e-8) / Qmax`` (448 for FP8 e4m3, 127 for INT8, round to nearest),
 so ``x ≈ codes * scale``. Entry points: `quantize_rows`, `norm_modulate_quantized` (LayerNorm + modulation),
-`gelu_tanh_quantized` and `rms_norm_quantized`; each runs a Triton kernel on CUDA when Triton is installed and
-the PyTorch reference otherwise. The result is a `QuantizedActivation`, which `QuantLinear` consumes directly.
+`layer_norm_quantized` (affine LayerNorm), `gelu_tanh_quantized` and `rms_norm_quantized`; each runs a Triton
+kernel on CUDA when Triton is installed and the PyTorch reference otherwise. The result is a
+`QuantizedActivation`, which `QuantLinear` consumes directly.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def norm_modulate_reference(x: torch.Tensor, shift: torch.Tensor, scale: torch.T
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * (1 + scale) + shift
 
 
+def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Affine LayerNorm in fp32 (weight and bias cast to fp32), as `TorchOps.layer_norm`."""
+    return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``x * rsqrt(mean(x²) + eps) * weight`` in fp32."""
     x32 = x.float()
@@ -97,6 +103,17 @@ def norm_modulate_quantized(x: torch.Tensor, shift: torch.Tensor, scale: torch.T
         return quantize_rows_reference(norm_modulate_reference(x, shift, scale, eps), codes)
     out = _allocate(x, codes)
     _triton().norm_modulate_quantize(x, shift, scale, eps, out.codes, out.scale, codes)
+    return out
+
+
+def layer_norm_quantized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                         codes: str) -> QuantizedActivation:
+    """Quantized affine LayerNorm ``LN(x) * weight + bias`` (fp32 math); x: [..., D]; weight, bias: [D]."""
+    if not use_triton(x.device):
+        return quantize_rows_reference(layer_norm_reference(x, weight, bias, eps), codes)
+    out = _allocate(x, codes)
+    _triton().layer_norm_quantize(_rows(x), weight.contiguous(), bias.contiguous(), eps,
+                                  out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
     return out
 
 

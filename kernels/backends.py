@@ -2,15 +2,16 @@
 
 Every backend computes ``out[M, N] = (a[M, K] @ w[N, K]ᵀ) * a_scale[M, 1] * w_scale[1, N] + bias`` in bf16:
 - ``scaled_mm``: `torch._scaled_mm` row-wise FP8 (cuBLAS/CUTLASS), fast accumulation;
-- ``triton``: our Triton kernel (FP8 or INT8) with the scale/bias epilogue fused;
+- ``triton``: our Triton kernel (FP8 or INT8; persistent with TMA on Hopper) with the scale/bias epilogue fused;
 - ``int_mm``: `torch._int_mm` INT8 to int32, then scaling as separate PyTorch ops.
 `choose(codes, requested, a, ...)` resolves "auto": the backends the device supports are timed once per shape
-on the first real inputs and the fastest is kept. Devices without them use the dequantizing fallback
-(``"dequant"``), which `QuantLinear` runs itself.
+on the first real inputs (alternating, best of three rounds) and the fastest is kept. Devices without them use
+the dequantizing fallback (``"dequant"``), which `QuantLinear` runs itself.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable
 
@@ -87,8 +88,7 @@ def choices() -> dict[tuple, str]:
     return dict(_fastest)
 
 
-def _time_ms(fn: Callable[[], torch.Tensor], repeats: int = 3) -> float:
-    fn()  # compiles / autotunes outside the timed runs
+def _time_ms(fn: Callable[[], torch.Tensor], repeats: int = 5) -> float:
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(repeats):
@@ -96,6 +96,19 @@ def _time_ms(fn: Callable[[], torch.Tensor], repeats: int = 3) -> float:
     stop.record()
     stop.synchronize()
     return start.elapsed_time(stop) / repeats
+
+
+def _fastest_of(gemms: dict[str, Callable[[], torch.Tensor]], rounds: int = 3) -> dict[str, float]:
+    """Milliseconds per call of each GEMM: all are warmed up (compiled, autotuned) first, then timed in
+    alternation, keeping each one's best round, so that clock changes after an autotuning burst do not
+    favour whichever candidate ran first."""
+    for fn in gemms.values():
+        fn()
+    best = {name: float("inf") for name in gemms}
+    for _ in range(rounds):
+        for name, fn in gemms.items():
+            best[name] = min(best[name], _time_ms(fn))
+    return best
 
 
 @torch.compiler.disable
@@ -113,7 +126,8 @@ def choose(codes: str, requested: str, a: torch.Tensor, a_scale: torch.Tensor, w
     if key not in _fastest:
         if torch.cuda.is_current_stream_capturing():
             return candidates[0]
-        times = {name: _time_ms(lambda: GEMMS[name](a, a_scale, weight, w_scale, bias)) for name in candidates}
+        times = _fastest_of({name: functools.partial(GEMMS[name], a, a_scale, weight, w_scale, bias)
+                             for name in candidates})
         _fastest[key] = min(times, key=times.get)
         logger.debug("W8A8 %s GEMM %s: %s -> %s", codes, shape,
                      ", ".join(f"{name} {ms:.3f} ms" for name, ms in times.items()), _fastest[key])

@@ -6,7 +6,7 @@ per output channel or ``[1, 1]`` per tensor, so that ``W ≈ weight.float() * we
 `QuantOps` builds a `QuantLinear` for every layer named in its table; other layers stay float (`ActivationLinear`).
 `QuantLinear` runs a native W8A8 GEMM (`kernels.backends`) where the device has one, else dequantizes the
 weight (optionally emulating the activation quantization); `QuantOps` also fuses the activation quantization into
-the LayerNorm + modulation and GELU ops that feed quantized linears.
+the LayerNorm + modulation, affine LayerNorm and GELU ops that feed quantized linears.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends
-from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, norm_modulate_quantized,
-                        quantize_rows, quantize_rows_reference)
+from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, layer_norm_quantized,
+                        norm_modulate_quantized, quantize_rows, quantize_rows_reference)
 from .capability import native_gemm, triton_available
 from .ops import CastLinear, TorchOps
 
@@ -147,8 +147,8 @@ class QuantOps(TorchOps):
     """Operations factory that quantizes the layers named in ``layers`` (official names, no ``.weight``).
 
     ``backend`` and ``emulate_activations`` are passed to every `QuantLinear` (see there). Where a quantized
-    linear runs natively on CUDA with Triton installed, the LayerNorm + modulation and the GELU feeding it
-    quantize their output in the same kernel.
+    linear runs natively on CUDA with Triton installed, the LayerNorm + modulation, the affine LayerNorm and the
+    GELU feeding it quantize their output in the same kernel.
     """
 
     def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False):
@@ -169,6 +169,13 @@ class QuantOps(TorchOps):
         if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
             return super().norm_modulate(x, shift, scale, eps, name=name)
         return norm_modulate_quantized(x, shift, scale, eps, scheme.codes)
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   *, name: str) -> torch.Tensor | QuantizedActivation:
+        scheme = self.layers.get(name)
+        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+            return super().layer_norm(x, weight, bias, eps, name=name)
+        return layer_norm_quantized(x, weight, bias, eps, scheme.codes)
 
     def gelu_tanh(self, *, name: str) -> nn.Module:
         scheme = self.layers.get(name)

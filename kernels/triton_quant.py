@@ -1,6 +1,7 @@
 """Triton kernels that quantize activations per token, alone or fused with the op producing them.
 
-One program per row: the producer (plain load, LayerNorm + modulation, GELU-tanh or RMSNorm) is computed in fp32
+One program per row: the producer (plain load, LayerNorm + modulation, affine LayerNorm, GELU-tanh or RMSNorm) is
+computed in fp32
 registers, the row's amax gives the scale, and only the 8-bit codes and the fp32 scale reach memory. Imported
 only when Triton is installed; `kernels.act_quant` is the entry point.
 """
@@ -73,6 +74,23 @@ def _rms_norm_quant_kernel(x_ptr, weight_ptr, codes_ptr, scale_ptr, K, stride_x,
 
 
 @triton.jit
+def _layer_norm_quant_kernel(x_ptr, weight_ptr, bias_ptr, codes_ptr, scale_ptr, K, stride_x, eps,
+                             BLOCK: tl.constexpr, QMAX_VALUE: tl.constexpr, INT8: tl.constexpr,
+                             AMAX_FLOOR: tl.constexpr, MAGIC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < K
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / K
+    centered = tl.where(mask, x - mean, 0.0)
+    normed = centered * (1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / K + eps))
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    _quantize_store(normed * weight + bias, mask, codes_ptr + row * K, scale_ptr + row, cols, QMAX_VALUE, INT8,
+                    AMAX_FLOOR, MAGIC)
+
+
+@triton.jit
 def _norm_modulate_quant_kernel(x_ptr, shift_ptr, mod_scale_ptr, codes_ptr, scale_ptr, tokens, D, eps,
                                 stride_xb, stride_xs, stride_shb, stride_shs, stride_scb, stride_scs,
                                 BLOCK: tl.constexpr, QMAX_VALUE: tl.constexpr, INT8: tl.constexpr,
@@ -118,6 +136,15 @@ def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, codes_o
     if rows:
         _rms_norm_quant_kernel[(rows,)](x, weight, codes_out, scale_out, width, x.stride(0), eps,
                                         **_launch_args(width, codes))
+
+
+def layer_norm_quantize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                        codes_out: torch.Tensor, scale_out: torch.Tensor, codes: str) -> None:
+    """LayerNorm(x [M, K]) * weight [K] + bias [K] quantized into codes_out [M, K], scale_out [M, 1]."""
+    rows, width = x.shape
+    if rows:
+        _layer_norm_quant_kernel[(rows,)](x, weight, bias, codes_out, scale_out, width, x.stride(0), eps,
+                                          **_launch_args(width, codes))
 
 
 def norm_modulate_quantize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,

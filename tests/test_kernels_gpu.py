@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.kernels import backends
-from wan_express.kernels.act_quant import (gelu_tanh_quantized, norm_modulate_quantized, norm_modulate_reference,
-                                           quantize_rows, quantize_rows_reference, rms_norm_quantized,
-                                           rms_norm_reference)
+from wan_express.kernels.act_quant import (gelu_tanh_quantized, layer_norm_quantized, layer_norm_reference,
+                                           norm_modulate_quantized, norm_modulate_reference, quantize_rows,
+                                           quantize_rows_reference, rms_norm_quantized, rms_norm_reference)
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
@@ -60,12 +60,15 @@ def test_gemm_backend_matches_fp32_reference(codes, backend, M, N, K):
 
 
 @pytest.mark.parametrize("codes", ["fp8_e4m3", "int8"])
-def test_triton_gemm_writes_every_element_of_a_poisoned_output(codes):
+@pytest.mark.parametrize("persistent", [False, True], ids=["tiled", "persistent_tma"])
+def test_triton_gemm_writes_every_element_of_a_poisoned_output(codes, persistent):
     require(codes)
-    from wan_express.kernels.triton_gemm import scaled_gemm
+    from wan_express.kernels.triton_gemm import scaled_gemm, tma_usable
     a, a_scale, w, w_scale, bias = operands(codes, 777, 384, 640, seed=3)  # K = 640: partial 128-wide K steps
     out = torch.full((777, 384), float("nan"), dtype=torch.bfloat16, device="cuda")
-    scaled_gemm(a, a_scale, w, w_scale, bias, out)
+    if persistent and not tma_usable(a, w, out):
+        pytest.skip("the persistent TMA kernel needs a Hopper GPU")
+    scaled_gemm(a, a_scale, w, w_scale, bias, out, persistent=persistent)
     want = ((a.double() @ w.double().T) * a_scale * w_scale + bias.double()).float()
     assert torch.isfinite(out).all()
     assert ((out.float() - want).abs().max() / want.abs().max()).item() <= GEMM_REL_TOL[codes]
@@ -94,6 +97,9 @@ def test_fused_activation_quantizers_match_references(codes):
     assert_quantization_close(gelu_tanh_quantized(hidden, codes), F.gelu(hidden.float(), approximate="tanh"), codes)
     weight = 1 + 0.1 * torch.randn(640, device="cuda", generator=generator)
     assert_quantization_close(rms_norm_quantized(x, weight, 1e-6, codes), rms_norm_reference(x, weight, 1e-6), codes)
+    bias = 0.1 * torch.randn(640, device="cuda", generator=generator)
+    assert_quantization_close(layer_norm_quantized(x, weight, bias, 1e-6, codes),
+                              layer_norm_reference(x, weight, bias, 1e-6), codes)
 
 
 @pytest.mark.parametrize("scheme", [QuantScheme(c, g) for c in ("fp8_e4m3", "int8") for g in ("channel", "tensor")],
@@ -135,6 +141,8 @@ def test_tiny_dit_with_fused_quantization_stays_close_to_bf16(codes):
     shift = torch.zeros(1, 1, DEMO_CONFIG.dim, device="cuda")
     assert type(ops.norm_modulate(torch.randn(1, 4, DEMO_CONFIG.dim, device="cuda"), shift, shift, 1e-6,
                                   name="blocks.0.ffn.0")).__name__ == "QuantizedActivation"
+    assert type(ops.layer_norm(torch.randn(1, 4, DEMO_CONFIG.dim, device="cuda"), block.norm3.weight,
+                               block.norm3.bias, 1e-6, name="blocks.0.cross_attn.q")).__name__ == "QuantizedActivation"
     assert type(block.ffn[1]).__name__ == "GeluTanhQuantize"
     with torch.no_grad():
         want, got = reference(*inputs), quantized(*inputs)

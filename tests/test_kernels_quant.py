@@ -6,9 +6,10 @@ import torch
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
-from wan_express.kernels.act_quant import QuantizedActivation, quantize_rows
+from wan_express.kernels.act_quant import QuantizedActivation, layer_norm_quantized, quantize_rows
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
+from wan_express.kernels.ops import TorchOps
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
 from wan_express.models import WanDiT
 
@@ -62,6 +63,33 @@ def test_quantized_activation_is_consumed_as_given(codes):
     assert isinstance(activation, QuantizedActivation) and activation.scale.shape == (2, 4, 1)
     want = activation.dequantize(torch.float64) @ layer.dequantized_weight(torch.float64).T + layer.bias.double()
     assert torch.allclose(layer(activation).double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("codes", ["fp8_e4m3", "int8"])
+def test_affine_layer_norm_quantizer_follows_the_formula(codes):
+    generator = torch.Generator().manual_seed(8)
+    x = 2 + 3 * torch.randn(2, 5, 96, generator=generator)
+    weight = 1 + 0.2 * torch.randn(96, generator=generator)
+    bias = 0.1 * torch.randn(96, generator=generator)
+    x64 = x.double()
+    mean = x64.mean(dim=-1, keepdim=True)
+    variance = ((x64 - mean) ** 2).mean(dim=-1, keepdim=True)
+    normed = (x64 - mean) / torch.sqrt(variance + 1e-6) * weight.double() + bias.double()
+    got = layer_norm_quantized(x, weight, bias, 1e-6, codes)
+    qmax = 448.0 if codes == "fp8_e4m3" else 127.0
+    want_scale = normed.abs().amax(dim=-1, keepdim=True) / qmax
+    assert got.codes.dtype == (torch.float8_e4m3fn if codes == "fp8_e4m3" else torch.int8)
+    assert got.scale.shape == (2, 5, 1) and torch.allclose(got.scale.double(), want_scale, rtol=1e-5, atol=0)
+    # Rounding bound of one code: half an integer step (INT8); 2^-4 relative, 2^-10 · scale near zero (e4m3).
+    if codes == "int8":
+        bound = 0.5 * want_scale.expand_as(normed)
+    else:
+        bound = torch.maximum(normed.abs() / 16, want_scale.expand_as(normed) / 1024)
+    assert ((got.dequantize(torch.float64) - normed).abs() <= bound * 1.001 + 1e-6).all()
+    # Off CUDA the ops factory keeps the float LayerNorm (the fallback linear quantizes, if asked, itself).
+    ops = QuantOps({"blocks.0.cross_attn.q": QuantScheme(codes)})
+    plain = ops.layer_norm(x, weight, bias, 1e-6, name="blocks.0.cross_attn.q")
+    assert torch.equal(plain, TorchOps().layer_norm(x, weight, bias, 1e-6, name="blocks.0.cross_attn.q"))
 
 
 def test_cpu_has_no_native_gemm_and_backend_names_are_checked():

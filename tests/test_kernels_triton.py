@@ -1,8 +1,9 @@
 """Our Triton kernels (W8A8 GEMM, fused activation quantization) on the CPU through Triton's interpreter.
 
-The kernels run in a fresh process (`triton_interpreter_checks.py`) with TRITON_INTERPRET=1; this file asserts
-on the errors it reports. Skipped without Triton and on CUDA machines (there `test_kernels_gpu.py` runs the
-compiled kernels, FP8 quantization included).
+Both GEMM kernels (tiled, and persistent with TMA descriptors) and every fused quantizer run in INT8, the GEMMs
+also in FP8 at K a multiple of the tile. The kernels run in a fresh process (`triton_interpreter_checks.py`)
+with TRITON_INTERPRET=1; this file asserts on the errors it reports. Skipped without Triton and on CUDA machines
+(there `test_kernels_gpu.py` runs the compiled kernels, FP8 quantization included).
 """
 
 import importlib.util
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available() or importlib.util.find
 
 GEMM_REL_TOL = 8e-3  # bf16 output rounding
 QUANTIZERS = ["rows int8", "norm_modulate int8 per_token=False", "norm_modulate int8 per_token=True",
-              "gelu_tanh int8", "rms_norm int8"]
+              "gelu_tanh int8", "rms_norm int8", "layer_norm int8"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def results():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["gemm int8 K=64", "gemm int8 K=80", "gemm fp8_e4m3 K=64"])
+@pytest.mark.parametrize("case", [f"{kernel}gemm {codes} K={K}" for kernel in ("", "persistent ")
+                                  for codes, K in [("int8", 64), ("int8", 80), ("fp8_e4m3", 64)]])
 def test_triton_gemm_applies_row_and_column_scales_and_bias(results, case):
     assert results[case]["finite"], "unwritten (NaN-poisoned) outputs remain"
     assert results[case]["rel_max_error"] <= GEMM_REL_TOL, results[case]
