@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("auto", "bf16", "fp8", "int8")
 _CODES = {"fp8": "fp8_e4m3", "int8": "int8"}
 # config.json values the tensors cannot show; taken from the file when present.
-_CONFIG_ONLY = ("eps", "text_len")
+_CONFIG_ONLY = ("eps", "text_len", "num_heads")
 _CROSS_CHECKED = ("dim", "in_dim", "out_dim", "ffn_dim", "num_layers")
 
 

@@ -96,6 +96,8 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
                     f"{source}: layer {layer!r} uses ComfyUI format {comfy[layer]!r}; supported: "
                     f"{', '.join(COMFY_FORMATS)}")
         elif dtype in CODES_OF_DTYPE:
+            if scale is None and len(shape) != 2 and dtype in _FLOAT8:
+                continue  # a fully-cast file's fp8 norm / conv weight: a narrow float, widened below
             codes = CODES_OF_DTYPE[dtype]
         elif dtype in _FLOAT8:
             raise UnsupportedModelError(f"{source}: {stored(name)!r} is {dtype}; only float8_e4m3fn and int8 "

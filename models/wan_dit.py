@@ -389,6 +389,8 @@ class WanDiT(nn.Module):
             velocity [B, out_dim, F, H, W] float32.
         """
         cfg = self.config
+        if x.dim() != 5:
+            raise InvalidInputError(f"latent x has shape {tuple(x.shape)}; expected [B, C, F, H, W]")
         batch, channels, frames, height, width = x.shape
         y_channels = 0 if y is None else y.shape[1]
         if channels + y_channels != cfg.in_dim or (y is not None and y.shape[2:] != x.shape[2:]):

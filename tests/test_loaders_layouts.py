@@ -117,6 +117,21 @@ def test_scaled_fp8_files_load_per_tensor(prefix, elements, marker_dtype, weight
     assert error <= REL_L2_QUANT, error
 
 
+def test_fully_cast_fp8_file_runs_its_weights_with_scale_one(weights, inputs, tmp_path):
+    """LightX2V ``--comfyui_mode --full_quantized``: every tensor fp8, no scales, no marker (spec formats.md §4.4)."""
+    cast = {key: tensor.to(torch.float8_e4m3fn) for key, tensor in weights.items()}
+    path = save(cast, tmp_path / "wan_full_fp8.safetensors")
+    source = open_dit(path)
+    assert set(source.layers.values()) == {QuantScheme("fp8_e4m3", "tensor")}
+    assert torch.equal(source.tensors["blocks.0.self_attn.q.weight_scale"], torch.ones(1, 1))
+    assert source.tensors["blocks.0.norm3.weight"].dtype == torch.float32  # narrow floats are widened
+    got, _ = run(path, inputs)
+    # the same fp8-rounded values as plain float weights: the scale-1 layers must compute exactly that model
+    rounded = write_lightx2v(tmp_path / "rounded.safetensors", {k: v.float() for k, v in cast.items()})
+    expected, _ = run(rounded, inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("encoding", ["tensor", "metadata"])
 def test_comfy_quant_layers_are_decided_per_layer(encoding, weights, inputs, reference, tmp_path):
     path = write_comfy_quant(tmp_path / "wan_mixed.safetensors", weights, encoding, prefix="model.diffusion_model.")
