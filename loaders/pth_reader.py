@@ -16,15 +16,30 @@ from ..errors import ModelFormatError
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 
 
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        # files written with the legacy (non-zip) serialization cannot be memory-mapped
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a ``.pth`` with ``torch.load(weights_only=True)``; refuse anything that is not plain tensors.
 
     A pickle that would import or call arbitrary objects (e.g. ``os.system`` in ``__reduce__``) is rejected by the
-    weights-only unpickler before anything executes.
+    weights-only unpickler before anything executes. Training checkpoints that wrap the weights in a
+    ``state_dict`` / ``model`` / ``module`` entry (beside e.g. an epoch counter) are unwrapped.
     """
     path = Path(path)
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        data = _torch_load(path)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such file") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as error:
@@ -32,9 +47,13 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelFormatError(
             f"{path}: refused to load: not a plain tensor checkpoint, or corrupt ({first_line}). Only files holding "
             "tensors are read; pickled code is never executed") from None
-    for key in _WRAPPER_KEYS:
-        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelFormatError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    if isinstance(data, dict) and not _is_tensor_dict(data):
+        wrapped = next((data[key] for key in _WRAPPER_KEYS if _is_tensor_dict(data.get(key))), None)
+        if wrapped is not None:
+            data = wrapped
+    if not _is_tensor_dict(data):
+        found = (", ".join(f"{key!r}: {type(value).__name__}" for key, value in list(data.items())[:6])
+                 if isinstance(data, dict) else type(data).__name__)
+        raise ModelFormatError(f"{path}: expected a dict of tensors (or one under {', '.join(_WRAPPER_KEYS)}), "
+                               f"found {found or 'an empty dict'}")
     return {str(key): tensor for key, tensor in data.items()}

@@ -98,6 +98,20 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_training_checkpoints_are_unwrapped_and_legacy_pickles_read(tmp_path):
+    weights = {"blocks.0.self_attn.q.weight": torch.randn(2, 2)}
+    wrapped = tmp_path / "distill_model.pt"
+    torch.save({"state_dict": weights, "epoch": 3, "step": torch.tensor(7)}, wrapped)
+    assert torch.equal(read_pth(wrapped)["blocks.0.self_attn.q.weight"], weights["blocks.0.self_attn.q.weight"])
+    legacy = tmp_path / "legacy.pth"  # the pre-zip serialization cannot be memory-mapped
+    torch.save(weights, legacy, _use_new_zipfile_serialization=False)
+    assert read_pth(legacy).keys() == weights.keys()
+    odd = tmp_path / "odd.pth"
+    torch.save({"epoch": 3, "notes": "x"}, odd)
+    with pytest.raises(ModelFormatError, match=r"odd\.pth: expected a dict of tensors .*'epoch': int, 'notes': str"):
+        read_pth(odd)
+
+
 @pytest.mark.parametrize("tensors,what", [
     ({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1), "encoder.conv1.weight": torch.ones(2, 3)},
      "a Wan VAE"),
