@@ -120,7 +120,7 @@ def resolve(path: str | Path, file: str | None = None, *, role: str | None = Non
             f"{SPLIT_NON_BLOCK}, or one model file){_others(path)}")
     raise ModelFormatError(
         f"{path} holds {len(choices)} DiT models: {'; '.join(_describe(c) for c in choices)}. They are never "
-        "merged: name the one to load (file=... / the loader's file choice)")
+        "merged: name the one to load (file=... in Python, the 'file' input of the DiT loader node)")
 
 
 def _as_unit(found: ModelUnit | ModelPair, path: Path) -> ModelUnit:

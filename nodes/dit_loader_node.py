@@ -33,9 +33,14 @@ class WanExpressDiTLoader:
                                  "holds; fp8/int8 quantize float weights per channel at load; bf16 runs unquantized."}),
                 "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Precision of the float matmul weights; "
                                          "norms, modulation and the head always run in fp32."}),
-            }
+            },
+            "optional": {
+                "file": ("STRING", {"default": "", "tooltip": "Only for a folder holding several models (e.g. "
+                                    "bf16 + fp8 + int8 side by side): the file name to load. Empty picks the "
+                                    "only one."}),
+            },
         }
 
-    def load(self, model: str, quantization: str, dtype: str):
-        return (load_dit(host.resolve_dit_model(model), quantization=quantization, dtype=DTYPES[dtype],
-                         device=host.torch_device()),)
+    def load(self, model: str, quantization: str, dtype: str, file: str = ""):
+        return (load_dit(host.resolve_dit_model(model), file=file.strip() or None, quantization=quantization,
+                         dtype=DTYPES[dtype], device=host.torch_device()),)
