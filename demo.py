@@ -1,9 +1,9 @@
 """The embedded demo: a tiny random Wan model written in the official folder layout, loaded back and run.
 
-`python -m wan_express demo` writes ``config.json``, two ``diffusion_pytorch_model-0000k-of-00002.safetensors``
-shards with their index and a ``Wan2.1_VAE.pth`` to a temporary folder, loads them like a real Wan2.1 folder and
-generates a 9-frame video with the 4-step distill schedule, on CPU in seconds. The writers here also build the
-synthetic models of the tests.
+`python -m wan_express demo` writes a complete tiny Wan2.1 T2V folder (``config.json``, two DiT shards with their
+index, the umT5 ``.pth`` with a ``google/umt5-xxl/`` tokenizer, ``Wan2.1_VAE.pth``) to a temporary folder, loads
+it like a real one and turns a prompt into a 9-frame video with the 4-step distill schedule, on CPU in seconds.
+The writers here also build the synthetic models of the tests.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .loaders import find_components, load_dit, load_vae
+from .loaders import find_components, load_dit, load_text_encoder, load_vae
+from .loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
 from .loaders.dit_loader import CONFIG_NAME, INDEX_NAME
-from .models import VaeConfig, WanConfig, WanDiT, WanVAE21, WanVAE22
+from .models import T5Config, UMT5Encoder, VaeConfig, WanConfig, WanDiT, WanVAE21, WanVAE22
 from .sampling import DistillSchedule, sample, text_to_video
 
 DEMO_CONFIG = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
+TOKENIZER_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,&<>'\"!?-"
+DEMO_PROMPT = "a red fox running through snow, the camera following it"
 
 
 def random_weights_(module: torch.nn.Module, seed: int) -> None:
@@ -83,28 +86,66 @@ def write_vae(path: Path, version: str = "2.1", *, seed: int = 0, width: int = 8
     return path
 
 
-def run_demo() -> str:
-    """Write a tiny model folder, then run the whole 4-step distill text-to-video path; returns a short report."""
+def write_tokenizer(folder: Path) -> Path:
+    """A tiny SentencePiece-style tokenizer (Unigram + Metaspace, T5's ``$A </s>`` template, pad 0, end 1, unk 2)
+    saved as ``<folder>/google/umt5-xxl/tokenizer.json``, as in an official folder. Returns that tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(char, -3.0) for char in TOKENIZER_CHARS] + [("\u2581" + char, -2.5) for char in TOKENIZER_CHARS]
+    pieces += [("\u2581the", -1.0), ("\u2581cat", -1.0), ("ing", -1.5)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    target = folder / TOKENIZER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(target / "tokenizer.json"))
+    return target
+
+
+def write_text_encoder(path: Path, vocab_size: int, dim: int, *, seed: int = 0) -> Path:
+    """A random umT5 encoder with official key names (``dim`` wide, 2 blocks) saved like the official ``.pth``."""
+    encoder = UMT5Encoder(T5Config(vocab_size=vocab_size, dim=dim, attn_dim=dim, ffn_dim=2 * dim, num_heads=4,
+                                   num_layers=2))
+    random_weights_(encoder, seed)
+    torch.save({key: tensor.contiguous() for key, tensor in encoder.state_dict().items()}, str(path))
+    return path
+
+
+def write_model_folder(folder: Path, config: WanConfig = DEMO_CONFIG, *, seed: int = 0) -> Path:
+    """A complete tiny Wan2.1 T2V folder as users download it: DiT shards + index + config.json,
+    ``models_t5_umt5-xxl-enc-bf16.pth`` with ``google/umt5-xxl/``, and ``Wan2.1_VAE.pth``."""
+    write_official_folder(folder, config, seed=seed)
+    tokenizer = write_tokenizer(folder)
+    vocab = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"]
+    write_text_encoder(folder / TEXT_ENCODER_FILE, len(vocab), config.text_dim, seed=seed + 1)
+    write_vae(folder / "Wan2.1_VAE.pth", seed=seed + 2)
+    return folder
+
+
+def run_demo(prompt: str = DEMO_PROMPT) -> str:
+    """Write a tiny model folder, then run prompt -> umT5 -> 4-step distill sampling -> VAE; returns a report."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wan_express_demo_") as tmp:
-        folder = Path(tmp) / "Wan2.1-T2V-tiny"
-        write_official_folder(folder, DEMO_CONFIG)
-        write_vae(folder / "Wan2.1_VAE.pth")
-        components = find_components(folder)
+        folder = write_model_folder(Path(tmp) / "Wan2.1-T2V-tiny")
+        parts = find_components(folder)
         model = load_dit(folder, dtype=torch.float32)
-        vae = load_vae(components.require("vae"))
-        # A random stand-in for the umT5 embedding of a prompt (the demo ships no text encoder weights).
-        context = torch.randn(1, 20, DEMO_CONFIG.text_dim, generator=torch.Generator().manual_seed(0))
+        text_encoder = load_text_encoder(parts.require("text_encoder"), parts.require("tokenizer"),
+                                         dtype=torch.float32)
+        vae = load_vae(parts.require("vae"))
+        context = text_encoder.encode([prompt])[0][None]
         conditioning = text_to_video(context, width=96, height=64, frames=9)
         latent = sample(model, conditioning, schedule=DistillSchedule(), seed=0)
         video = vae.decode(latent)
     if not torch.isfinite(video).all():
         raise RuntimeError("demo produced a non-finite video")
     cfg = model.config
-    return (f"Wan Express demo: official folder (config.json, 2 shards + index, Wan2.1_VAE.pth) -> "
-            f"WanDiT {cfg.model_type} dim {cfg.dim} x {cfg.num_layers} blocks\n"
-            f"4-step distill sampling (timesteps 1000, 937.5, 833.3, 625) -> latent {tuple(latent.shape)} -> "
-            f"VAE decode -> video {tuple(video.shape)} in [{video.min().item():.2f}, {video.max().item():.2f}], "
+    return (f"Wan Express demo: official folder (DiT shards + index + config.json, umT5 .pth + tokenizer, "
+            f"Wan2.1_VAE.pth) -> WanDiT {cfg.model_type} dim {cfg.dim} x {cfg.num_layers} blocks\n"
+            f"prompt {prompt!r} -> context {tuple(context.shape)} -> 4-step distill sampling (timesteps 1000, "
+            f"937.5, 833.3, 625) -> latent {tuple(latent.shape)} -> VAE decode -> video {tuple(video.shape)}, "
             f"{time.perf_counter() - started:.2f} s on CPU")
 
 

@@ -14,10 +14,9 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-import ftfy
 import torch
 
-from ..errors import MissingComponentError, ModelFormatError
+from ..errors import MissingComponentError, ModelFormatError, WanExpressError
 from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
@@ -58,6 +57,11 @@ _WHITESPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 def clean_prompt(text: str) -> str:
     """The official prompt cleaning: ``ftfy.fix_text`` (mojibake, curly quotes, ligatures, NFC), HTML-unescape
     twice, collapse whitespace, strip."""
+    try:  # imported here so the pack still loads (and says what is missing) where requirements.txt was skipped
+        import ftfy
+    except ImportError:
+        raise WanExpressError("the official prompt cleaning needs the ftfy package: pip install -r "
+                              "requirements.txt (or pip install ftfy) in ComfyUI's Python") from None
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(" ", text).strip()

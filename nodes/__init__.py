@@ -1,11 +1,23 @@
 """ComfyUI node classes (V1 API: ``NODE_CLASS_MAPPINGS``; never also a V3 ``comfy_entrypoint``)."""
 
+from .component_nodes import WanExpressTextEncode, WanExpressTextEncoderLoader, WanExpressVAEDecode, WanExpressVAELoader
 from .dit_loader_node import WanExpressDiTLoader
+from .sampler_node import WanExpressSampler
 
 NODE_CLASS_MAPPINGS = {
     "WanExpressDiTLoader": WanExpressDiTLoader,
+    "WanExpressTextEncoderLoader": WanExpressTextEncoderLoader,
+    "WanExpressTextEncode": WanExpressTextEncode,
+    "WanExpressVAELoader": WanExpressVAELoader,
+    "WanExpressSampler": WanExpressSampler,
+    "WanExpressVAEDecode": WanExpressVAEDecode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressDiTLoader": "Wan Express DiT Loader",
+    "WanExpressTextEncoderLoader": "Wan Express Text Encoder Loader (umT5)",
+    "WanExpressTextEncode": "Wan Express Text Encode",
+    "WanExpressVAELoader": "Wan Express VAE Loader",
+    "WanExpressSampler": "Wan Express Sampler",
+    "WanExpressVAEDecode": "Wan Express VAE Decode",
 }

@@ -28,7 +28,7 @@ class WanExpressDiTLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_dit_models(), {"tooltip": "Model folder (ends with /) or file."}),
+                "model": (host.list_models("diffusion_models"), {"tooltip": "Model folder (ends with /) or file."}),
                 "quantization": (list(QUANTIZATION), {"default": "auto", "tooltip": "auto keeps what the file "
                                  "holds; fp8/int8 quantize float weights per channel at load; bf16 runs unquantized."}),
                 "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Precision of the float matmul weights; "
@@ -42,5 +42,5 @@ class WanExpressDiTLoader:
         }
 
     def load(self, model: str, quantization: str, dtype: str, file: str = ""):
-        return (load_dit(host.resolve_dit_model(model), file=file.strip() or None, quantization=quantization,
+        return (load_dit(host.resolve_model("diffusion_models", model), file=file.strip() or None, quantization=quantization,
                          dtype=DTYPES[dtype], device=host.torch_device()),)

@@ -8,7 +8,6 @@ from ..errors import MissingComponentError
 
 # Folder-type models (official sharded folders, A14B parents) are listed from this key, single files from core's.
 FOLDER_KEY = "wan_express"
-FILE_KEY = "diffusion_models"
 
 
 def _folder_paths():
@@ -26,24 +25,27 @@ def register_model_folders() -> None:
         folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / FOLDER_KEY), is_default=True)
 
 
-def list_dit_models() -> list[str]:
-    """Choices for a DiT loader: single files from ``diffusion_models`` and model folders from ``wan_express``."""
+def model_folders() -> list[str]:
+    """Every folder under ``models/wan_express`` (official, A14B parent, split, diffusers), as ``name/``."""
     folder_paths = _folder_paths()
     if folder_paths is None:
         return []
-    files = [name for name in folder_paths.get_filename_list(FILE_KEY) if name.endswith(".safetensors")]
     folders = []
     for root in folder_paths.get_folder_paths(FOLDER_KEY):
         root_path = Path(root)
         if root_path.is_dir():
-            # every model folder (official, A14B parent, split, diffusers); the loader names what it finds
             folders += [f"{child.name}/" for child in sorted(root_path.iterdir())
                         if child.is_dir() and not child.name.startswith(".")]
-    return folders + files
+    return folders
 
 
-def resolve_dit_model(choice: str) -> Path:
-    """Full path of a choice made from `list_dit_models`."""
+def list_models(file_key: str) -> list[str]:
+    """Choices for a loader: model folders from ``wan_express`` (``name/``), then files of ``file_key``."""
+    return model_folders() + list_files(file_key)
+
+
+def resolve_model(file_key: str, choice: str) -> Path:
+    """Full path of a choice made from `list_models`."""
     folder_paths = _folder_paths()
     if choice.endswith("/"):
         for root in folder_paths.get_folder_paths(FOLDER_KEY):
@@ -51,7 +53,44 @@ def resolve_dit_model(choice: str) -> Path:
             if candidate.is_dir():
                 return candidate
         raise MissingComponentError(f"model folder {choice!r} not found under models/{FOLDER_KEY}")
-    return Path(folder_paths.get_full_path_or_raise(FILE_KEY, choice))
+    return resolve_file(file_key, choice)
+
+
+def list_files(key: str, suffixes: tuple[str, ...] = (".safetensors", ".pth", ".pt")) -> list[str]:
+    """Files of a core model folder key (``text_encoders``, ``vae``, ...) with one of ``suffixes``."""
+    folder_paths = _folder_paths()
+    if folder_paths is None:
+        return []
+    return [name for name in folder_paths.get_filename_list(key) if name.lower().endswith(suffixes)]
+
+
+def resolve_file(key: str, name: str) -> Path:
+    folder_paths = _folder_paths()
+    return Path(folder_paths.get_full_path_or_raise(key, name))
+
+
+def progress_callback(total: int):
+    """A sampler progress callback driving ComfyUI's progress bar (which also makes the run interruptible)."""
+    try:
+        import comfy.utils
+    except ImportError:
+        return None
+    bar = comfy.utils.ProgressBar(total)
+    return lambda step, steps, preview: bar.update_absolute(step, steps)
+
+
+def interrupt_check():
+    """A check the sampler calls before every model call: raises ComfyUI's interrupt exception when asked to stop."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return None
+
+    def check() -> bool:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return False
+
+    return check
 
 
 def torch_device():

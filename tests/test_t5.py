@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import random_weights_
+from wan_express.demo import random_weights_, write_tokenizer
 from wan_express.errors import MissingComponentError, ModelFormatError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
@@ -24,7 +24,6 @@ from wan_express.models.t5 import UMT5Encoder
 
 from .official_reference import official_module
 
-VOCAB_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,&<>'\"!?-"
 TINY = dict(dim=32, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2, num_buckets=32)
 
 
@@ -60,25 +59,6 @@ def import_official(name: str) -> types.ModuleType:
         torch.cuda.current_device = current_device
         for module_name in stand_ins:
             sys.modules.pop(module_name, None)
-
-
-def write_tokenizer(folder: Path) -> Path:
-    """A tiny SentencePiece-style (Unigram + Metaspace) tokenizer with T5's ``$A </s>`` template, saved as
-    ``<folder>/google/umt5-xxl/tokenizer.json``. Returns that tokenizer folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(char, -3.0) for char in VOCAB_CHARS] + [("\u2581" + char, -2.5) for char in VOCAB_CHARS]
-    pieces += [("\u2581the", -1.0), ("\u2581cat", -1.0), ("ing", -1.5)]
-    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer.add_special_tokens(["<pad>", "</s>", "<unk>"])
-    target = folder / TOKENIZER_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(target / "tokenizer.json"))
-    return target
 
 
 def official_encoder(vocab: int, seed: int = 0) -> torch.nn.Module:
