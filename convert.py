@@ -1,6 +1,6 @@
 """``python -m wan_express convert``: merge LoRAs into a DiT offline and export one LightX2V or ComfyUI single file.
 
-    python -m wan_express convert --base MODEL --lora LORA[:strength] ... --to lightx2v-fp8 OUT.safetensors
+    python -m wan_express convert --base MODEL --lora LORA[:strength[:alpha]] ... --to lightx2v-fp8 OUT.safetensors
 
 The base is opened with `loaders.dit_loader.open_dit` (every layout it reads, quantized ones included) and read
 lazily; each tensor is merged (`loaders.lora_merge`), quantized if the layout asks for it and streamed to a temporary
@@ -29,21 +29,31 @@ _PROGRESS_EVERY = 100  # source tensors between two progress lines
 
 
 def parse_lora_argument(text: str) -> LoraSpec:
-    """``PATH`` or ``PATH:STRENGTH`` (the last colon counts only when a number follows, so ``C:\\x`` is a path)."""
-    path, separator, tail = text.rpartition(":")
-    if separator and path:
+    """``PATH``, ``PATH:STRENGTH`` or ``PATH:STRENGTH:ALPHA``; a colon counts only when a number follows it, so
+    ``C:\\x.safetensors`` stays a path."""
+    numbers: list[float] = []
+    path = text
+    while len(numbers) < 2:
+        head, separator, tail = path.rpartition(":")
+        if not (separator and head):
+            break
         try:
-            return LoraSpec(Path(path), float(tail))
+            numbers.insert(0, float(tail))
         except ValueError:
-            pass
-    return LoraSpec(Path(text))
+            break
+        path = head
+    strength = numbers[0] if numbers else 1.0
+    alpha = numbers[1] if len(numbers) == 2 else None
+    return LoraSpec(Path(path), strength, alpha)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, type=Path,
                         help="base DiT in any layout the loader reads (one model: for Wan2.2 A14B give one expert)")
-    parser.add_argument("--lora", action="append", default=[], type=parse_lora_argument, metavar="PATH[:STRENGTH]",
-                        help="LoRA to merge (repeatable, applied in order; strength defaults to 1.0)")
+    parser.add_argument("--lora", action="append", default=[], type=parse_lora_argument,
+                        metavar="PATH[:STRENGTH[:ALPHA]]",
+                        help="LoRA to merge (repeatable, applied in order; strength defaults to 1.0; ALPHA overrides "
+                        "the file's alpha: scale = alpha / rank)")
     parser.add_argument("--to", required=True, choices=sorted(EXPORT_FORMATS), dest="layout",
                         help="; ".join(f"{name}: {fmt.description}" for name, fmt in sorted(EXPORT_FORMATS.items())))
     parser.add_argument("output", type=Path, metavar="OUT.safetensors", help="file to write")

@@ -21,9 +21,12 @@ from ..kernels.ops import TorchOps
 from ..kernels.quantized import QuantOps, QuantScheme
 from ..models import WanConfig, WanDiT
 from .dit_formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
+from .dit_writer import read_export_metadata
 from .folder_rules import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
 from .key_layouts import KeyLayout, detect_key_layout
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
+from .lora_apply import LoraSpec, load_loras, route_loras
+from .lora_merge import AppliedLora, LoraPlan, merged_view
 from .pth_reader import read_pth
 from .quant_convert import dequantized, quantized
 from .quant_layouts import canonicalize
@@ -55,7 +58,8 @@ class DitSource:
         path: the file or folder read.
         layout: ``official_folder``, ``diffusers_folder``, ``lightx2v_split_folder``, ``indexed_folder``,
             ``lightx2v_file``, ``comfyui_file``, ``diffusers_file`` or ``pth_file``.
-        details: JSON-serialisable facts for `inspect` (prefix, key names, quantization, config origin, files).
+        details: JSON-serialisable facts for `inspect` (prefix, key names, quantization, config origin, files, and
+            ``export``: what a file written by ``convert`` records about itself, `read_export_metadata`, else None).
     """
 
     tensors: TensorView
@@ -110,7 +114,9 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run.
 
     Args:
-        path: a model file, a model folder, a Wan2.2 A14B folder, or a LightX2V config JSON.
+        path: a model file, a model folder, a Wan2.2 A14B folder, or a LightX2V config JSON (its ``lora_configs``
+            are merged at load with their strength and alpha, each routed to the experts by its ``name``, else by
+            a high/low token in its file name, else to both).
         file: the model to take inside a folder holding several; for an A14B folder a ``(high, low)`` pair.
         quantization: ``"auto"`` keeps what the file holds (a LightX2V config's ``dit_quant_scheme`` applies);
             ``"bf16"`` runs unquantized (a quantized file is dequantized, on purpose); ``"fp8"`` / ``"int8"``
@@ -125,23 +131,31 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     config_file = lightx2v_config_of(path)
     if quantization == "auto" and config_file is not None:
         quantization = config_file.quantization
+    specs = [LoraSpec(c.path, c.strength, c.alpha, c.expert) for c in config_file.loras] if config_file else []
+    applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
     pair_files = file if isinstance(file, tuple) else (None, None)
     single_file = None if isinstance(file, tuple) else file
     target = resolve_target(path, single_file) if not any(pair_files) else None
     if target is None or isinstance(target, ModelPair):
         high, low = open_dit_pair(path, *pair_files)
-        return (_build(high, quantization, device, dtype, ops_factory),
-                _build(low, quantization, device, dtype, ops_factory))
-    return _build(open_unit(target), quantization, device, dtype, ops_factory)
+        routed = route_loras(specs)
+        return tuple(_build(source, quantization, device, dtype, ops_factory, [applied[s] for s in routed[role]])
+                     for source, role in ((high, "high"), (low, "low")))
+    return _build(open_unit(target), quantization, device, dtype, ops_factory, [applied[s] for s in specs])
 
 
-def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory) -> WanDiT:
+def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory,
+           loras: list[AppliedLora]) -> WanDiT:
+    """The model of ``source``, with ``loras`` merged at load (before a float file is quantized, so a merged layer
+    is rounded once) and the ``quantization`` choice applied."""
     tensors, layers = source.tensors, source.layers
     if quantization == "bf16" and layers:
         log.info("%s: dequantizing %d quantized layers to float, as asked (quantization='bf16')", source.name,
                  len(layers))
         tensors, layers = dequantized(tensors, layers), {}
-    elif quantization in _CODES:
+    if loras:
+        tensors = merged_view(tensors, LoraPlan(loras, tensors.shapes(), source=source.name), layers)
+    if quantization in _CODES:
         tensors, layers = quantized(tensors, layers, _CODES[quantization])
     model = WanDiT.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
                                    ops=ops_factory(layers), source=source.name)
@@ -232,6 +246,7 @@ def open_unit(unit: ModelUnit) -> DitSource:
         "ignored_keys": len(layout.ignored),
         "config_origin": config_origin,
         "quantization": canonical.summary,
+        "export": read_export_metadata(metadata, name),
     }
     return DitSource(tensors=canonical.tensors, config=config, layers=canonical.layers, name=name, role=unit.role,
                      path=unit.path, layout=_layout(unit.container, layout.prefix, layout.diffusers,

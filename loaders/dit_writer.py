@@ -1,6 +1,6 @@
 """Writing a DiT as one safetensors file in a LightX2V or ComfyUI layout, streamed tensor by tensor.
 
-Entry point: `write_dit(path, tensors, fmt, metadata)`. ``tensors`` are float, official-named and read lazily; each
+Entry points: `write_dit(path, tensors, fmt, metadata)`, and `read_export_metadata` for the loader to read it back. ``tensors`` are float, official-named and read lazily; each
 is converted (bf16, or quantized with `kernels.quantize.quantize_weight` for the layers LightX2V's converter
 quantizes, spec formats.md §4.1) and written at an offset planned from the shapes alone, so memory holds one layer at
 a time. The file is written under a temporary name and renamed at the end: an interrupted export leaves no half file.
@@ -28,6 +28,25 @@ SAFETENSORS_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
 # Every tensor that is not quantized is written in bf16, as LightX2V's published files are (formats.md §4.2).
 FLOAT_DTYPE = torch.bfloat16
 METADATA_PREFIX = "wan_express."
+
+
+# Metadata fields write_dit's callers record (convert: source, loras, scheme) plus the layout it adds; "loras" is JSON.
+EXPORT_FIELDS = ("source", "loras", "scheme", "layout")
+
+
+def read_export_metadata(metadata: Mapping[str, str], name: str) -> dict[str, object] | None:
+    """What a file written by `write_dit` says about itself: ``{source, loras, scheme, layout}`` (``loras`` decoded:
+    ``[{file, strength, alpha}]``), or None for a file Wan Express did not write."""
+    fields = {field: metadata[METADATA_PREFIX + field] for field in EXPORT_FIELDS if METADATA_PREFIX + field in metadata}
+    if not fields:
+        return None
+    if "loras" in fields:
+        try:
+            fields["loras"] = json.loads(fields["loras"])
+        except json.JSONDecodeError as error:
+            raise ModelFormatError(f"{name}: metadata {METADATA_PREFIX}loras is not valid JSON ({error}); the file "
+                                   "was edited or truncated, export it again") from None
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`inspect(path)`: a JSON-serialisable report of what a DiT file or folder is and how Wan Express will run it.
 
 Also the ``python -m wan_express inspect PATH`` subcommand (`add_arguments`, `run`). The report names the family,
-variant, size, expert role, layout, precision and quantization, prefixes, the components found beside the model
-and what is missing, with plain-language hints. Recognised models we cannot run (VACE, Animate) are named too.
+variant, size, expert role, layout, precision and quantization, prefixes, what a ``convert`` export records about
+itself (source, merged LoRAs, scheme), the components found beside the model and what is missing, with
+plain-language hints. Recognised models we cannot run (VACE, Animate) are named too.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def _source_report(source: DitSource) -> dict[str, Any]:
                    "num_layers": config.num_layers, "clip_branch": config.clip_branch},
         "config_origin": source.details["config_origin"],
         "parameters": parameters,
+        "export": source.details["export"],
     }
 
 
@@ -174,6 +176,11 @@ def _hints(report: dict[str, Any], target: ModelUnit | ModelPair) -> list[str]:
             hints.append(f"{model['name']}: no config.json; the architecture was read from the tensor shapes")
         if model["prefix_stripped"] not in KNOWN_PREFIXES:
             hints.append(f"{model['name']}: unusual key prefix {model['prefix_stripped']!r} was stripped")
+        if model["export"]:
+            export = model["export"]
+            loras = ", ".join(f"{lora['file']} x{lora['strength']:g}" for lora in export.get("loras", [])) or "none"
+            hints.append(f"{model['name']}: exported by Wan Express ({export.get('layout')}, "
+                         f"{export.get('scheme')}) from {export.get('source')}; LoRAs merged: {loras}")
         if model["ignored_keys"]:
             hints.append(f"{model['name']}: {model['ignored_keys']} keys outside the DiT were ignored")
         if model["family"] == "Wan2.2" and model["variant"] != "ti2v" and model["role"] is None:

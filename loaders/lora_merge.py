@@ -1,10 +1,11 @@
 """Matching a stack of LoRAs against a model's tensors and computing the merged tensors (spec formats.md §9.4-9.5).
 
-`LoraPlan(loras, shapes)` checks every entry once (shape mismatch -> `IncompatibleLoraError`; absent targets ->
-one summary line per LoRA) and then answers `delta(key)`: the fp32 sum, in stack order, of
+`LoraPlan(loras, shapes)` checks every entry once (shape mismatch or nothing matched -> `IncompatibleLoraError`;
+absent targets -> one summary line per LoRA) and then answers `delta(key)`: the fp32 sum, in stack order, of
 ``strength · scale · up @ down`` and ``strength · diff``. `MergedTensors` is a lazy state dict that applies the plan
 while tensors are read: float tensors take the delta directly; quantized layers are dequantized, merged and
-re-quantized with fresh scales of the layer's own scheme (LightX2V converter semantics).
+re-quantized with fresh scales of the layer's own scheme (LightX2V converter semantics); `merged_view` wraps it as a
+loader `TensorView`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantScheme
 from ..models.wan_dit import tensor_shapes
 from .lora_format import LoraFile, LoraModule
+from .tensor_view import TensorEntry, TensorView
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ class LoraPlan:
         source: the model's name for messages.
 
     Raises:
-        IncompatibleLoraError: an entry's shape does not fit its target (names the key and both shapes).
+        IncompatibleLoraError: an entry's shape does not fit its target (names the key and both shapes), or a
+            LoRA with entries matches no tensor of the model at all (names one key).
     """
 
     def __init__(self, loras: Sequence[AppliedLora], shapes: Mapping[str, Sequence[int]], source: str = "the model"):
@@ -110,6 +113,13 @@ class LoraPlan:
                         "another architecture (e.g. Wan 1.3B vs 14B); use one made for this model")
                 self.entries.setdefault(key, []).append(entry)
                 matched += 1
+        if not matched and (lora.modules or lora.unmapped):
+            example = (skipped + image_branch)[0]
+            total = len(lora.unmapped) + sum(len(module.keys) for module in lora.modules.values())
+            raise IncompatibleLoraError(
+                f"LoRA {lora.name} matches nothing in {source}: none of its {total} keys (e.g. {example}) names a "
+                "tensor of this model. It was made for another model family (e.g. Flux or SDXL) or another Wan "
+                "variant; use a LoRA made for this model")
         log.info("LoRA %s: strength %g, %d entries applied%s", lora.name, applied.strength, matched,
                  "" if applied.alpha is None else f", alpha {applied.alpha:g} given")
         if image_branch:
@@ -237,3 +247,11 @@ class MergedTensors(Mapping[str, torch.Tensor]):
                                             self.layers[layer], self.plan.delta(weight_key))
             self._last = (layer, codes, scale)
         return self._last[1] if key == weight_key else self._last[2]
+
+
+def merged_view(view: TensorView, plan: LoraPlan, layers: Mapping[str, QuantScheme]) -> TensorView:
+    """`MergedTensors` over a loader's view, again as a `TensorView` (same keys, shapes and dtypes), so that the
+    loader's lazy conversions (the ``quantization`` choice) can follow the merge."""
+    merged = MergedTensors(view, plan, layers)
+    return TensorView({key: TensorEntry(entry.shape, entry.dtype, lambda key=key: merged[key])
+                       for key, entry in view.entries.items()}, view.name)

@@ -21,6 +21,7 @@ from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.dit_loader import load_dit, open_dit
 from wan_express.loaders.dit_writer import write_dit
+from wan_express.loaders.inspector import inspect
 from wan_express.loaders.lora_apply import LoraSpec, load_loras, merge_loras
 from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
 from wan_express.loaders.quant_convert import is_quantization_target
@@ -207,6 +208,33 @@ def test_lora_arguments_take_an_optional_strength():
     assert convert.parse_lora_argument("a/b.safetensors") == LoraSpec(Path("a/b.safetensors"), 1.0)
     assert convert.parse_lora_argument("C:\\loras\\x.safetensors") == LoraSpec(Path("C:\\loras\\x.safetensors"))
     assert convert.parse_lora_argument("C:\\loras\\x.safetensors:3") == LoraSpec(Path("C:\\loras\\x.safetensors"), 3.0)
+    assert convert.parse_lora_argument("a/b.safetensors:0.5:8") == LoraSpec(Path("a/b.safetensors"), 0.5, 8.0)
+    assert convert.parse_lora_argument("C:\\x.safetensors:-1:16") == LoraSpec(Path("C:\\x.safetensors"), -1.0, 16.0)
+    assert convert.parse_lora_argument("a:b.safetensors:2:4:8") == LoraSpec(Path("a:b.safetensors:2"), 4.0, 8.0)
+
+
+def test_a_user_alpha_is_merged_and_the_export_metadata_reads_back(base_and_loras, tmp_path):
+    folder, specs = base_and_loras
+    out = tmp_path / "merged_alpha_fp8.safetensors"
+    with_alpha = [specs[0], LoraSpec(specs[1].path, -0.5, 8.0)]
+    argv = ["--lora", f"{specs[0].path}:0.9", "--lora", f"{specs[1].path}:-0.5:8"]
+    assert run_convert("--base", str(folder), *argv, "--to", "lightx2v-bf16", str(out)) == 0
+    tensors, _ = read_file(out)
+    view, _ = online_float_merge(folder, with_alpha)
+    file_alpha, _ = online_float_merge(folder, specs)
+    key = "blocks.0.self_attn.q.weight"  # the kohya LoRA's scale is 8/4 instead of its file alpha 2/4
+    assert torch.equal(tensors[key], view[key].to(torch.bfloat16))
+    assert not torch.equal(tensors[key], file_alpha[key].to(torch.bfloat16))
+
+    want = {"source": folder.name, "layout": "lightx2v-bf16", "scheme": "bf16",
+            "loras": [{"file": specs[0].path.name, "strength": 0.9, "alpha": None},
+                      {"file": specs[1].path.name, "strength": -0.5, "alpha": 8.0}]}
+    assert open_dit(out).details["export"] == want
+    report = inspect(out)
+    assert report["models"][0]["export"] == want
+    assert (f"{out.name}: exported by Wan Express (lightx2v-bf16, bf16) from {folder.name}; LoRAs merged: "
+            f"{specs[0].path.name} x0.9, {specs[1].path.name} x-0.5") in report["hints"]
+    assert open_dit(folder).details["export"] is None and inspect(folder)["models"][0]["export"] is None
 
 
 def test_the_output_must_be_a_safetensors_file(base_and_loras, tmp_path):

@@ -97,8 +97,16 @@ def test_lightx2v_config_selects_files_quantization_and_sampling(weights, tmp_pa
     assert config.unknown_keys == ["infer_steps", "self_attn_1_type"]
     assert config.loras[0].expert == "high" and config.loras[0].strength == 0.5
     assert open_dit(config_path).path.name == "wan_scaled_fp8_e4m3_lightx2v.safetensors"
+    with pytest.raises(ModelFormatError, match=r"loras/x\.safetensors: LoRA file not found"):
+        load_dit(config_path)
+    out_features, in_features = weights["blocks.0.self_attn.q.weight"].shape
+    save({"blocks.0.self_attn.q.lora_up.weight": torch.ones(out_features, 2),
+          "blocks.0.self_attn.q.lora_down.weight": torch.ones(2, in_features)}, tmp_path / "loras" / "x.safetensors")
     model = load_dit(config_path)
     assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    plain = load_dit(tmp_path / "models" / "wan_scaled_fp8_e4m3_lightx2v.safetensors")
+    assert not torch.equal(model.blocks[0].self_attn.q.weight_scale, plain.blocks[0].self_attn.q.weight_scale)
+    assert torch.equal(model.blocks[0].self_attn.k.weight, plain.blocks[0].self_attn.k.weight)
     # the same config with dit_quantized false takes the original checkpoint; int8 scheme quantizes it online
     config_path.write_text(json.dumps({"dit_original_ckpt": "models/wan_lightx2v.safetensors"}))
     assert open_dit(config_path).path.name == "wan_lightx2v.safetensors"

@@ -12,10 +12,11 @@ from safetensors.torch import save_file
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, InvalidInputError
+from wan_express.kernels import quantized as quantized_module
 from wan_express.kernels.lora_linear import LoraBranch, LoraLinear
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
 from wan_express.kernels.quantized import QuantizedActivation, QuantLinear, QuantOps, QuantScheme
-from wan_express.loaders.lora_apply import (LoraSpec, attach_loras, load_loras, loras_for_expert, merge_loras)
+from wan_express.loaders.lora_apply import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
 from wan_express.loaders.lora_format import parse_lora
 from wan_express.loaders.lora_merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.models import WanConfig, WanDiT
@@ -218,6 +219,40 @@ def test_side_branch_reads_a_quantized_activation_fed_by_a_fused_op():
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def fused_quantized_model(float_state, scheme: QuantScheme) -> WanDiT:
+    layers = block_linear_layers(float_state, scheme)
+    tensors = quantize_layers({key: tensor.clone() for key, tensor in float_state.items()}, layers)
+    # emulate_activations: the dequant path quantizes a float input per token as the native kernels do, so the
+    # base output is the same whether its input arrives fused-quantized or float
+    return WanDiT.from_state_dict(tensors, ops=QuantOps(layers, backend="dequant", emulate_activations=True))
+
+
+@pytest.mark.parametrize("codes", sorted(SCHEMES))
+def test_side_branches_read_the_float_input_where_a_fused_kernel_would_quantize_it(codes, monkeypatch):
+    scheme = SCHEMES[codes]
+    base = float_model()
+    loras = stack(base)
+    unfused = fused_quantized_model(base.state_dict(), scheme)
+    attach_loras(unfused, loras)
+    want = run(unfused)
+    # QuantOps fuses the activation quantization into the LayerNorm / GELU feeding a quantized linear only on CUDA
+    # with Triton; forcing that decision runs the fused path on CPU through the PyTorch reference kernels.
+    monkeypatch.setattr(quantized_module, "fuses_quantization", lambda scheme, backend, device: True)
+    model = fused_quantized_model(base.state_dict(), scheme)
+    before = run(model)
+    gelu = model.blocks[0].ffn[1]
+    inputs_seen = []
+    attachment = attach_loras(model, loras)
+    for module in model.blocks.modules():
+        if isinstance(module, LoraLinear):
+            module.register_forward_pre_hook(lambda _, args: inputs_seen.append(type(args[0])))
+    got = run(model)
+    assert len(inputs_seen) == 2 * 10 and set(inputs_seen) == {torch.Tensor}
+    assert max_error(got, want) <= FLOAT_TOL
+    attachment.detach()
+    assert model.blocks[0].ffn[1] is gelu and torch.equal(run(model), before)
+
+
 def test_merge_at_load_equals_merge_after_load():
     base = float_model()
     loras = stack(base)
@@ -253,23 +288,40 @@ def test_lora_files_load_once_and_merge_with_their_strength(tmp_path):
     assert max_error(run(from_file), run(from_memory)) <= FLOAT_TOL
 
 
-def test_wan22_experts_get_their_own_lora_lists():
+def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(caplog):
     specs = [LoraSpec.from_config(entry) for entry in (
         {"path": "/loras/distill_a.safetensors", "strength": 1.0, "name": "high_noise_model"},
         {"path": "/loras/distill_b.safetensors", "name": "low_noise_model", "alpha": 8},
         {"path": "/loras/wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
         {"path": "/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", "strength": 0.8},
         {"path": "/loras/wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "strength": 3.0},
+        {"path": "/loras/Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors"},
+        {"path": "/loras/wan22_lightning-LOW.safetensors"},
+        {"path": "/loras/highres_fix_lowrank_lora.safetensors"},
+        {"path": "/loras/Wan22-HighNoise-style.safetensors"},
+        {"path": "/loras/high_noise_and_low_noise_mix.safetensors"},
     )]
     assert specs[1].alpha == 8.0 and specs[1].expert == "low" and specs[0].strength == 1.0
+    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora_apply")
+    routed = route_loras(specs)
     names = lambda chosen: [spec.path.name for spec in chosen]  # noqa: E731
-    assert names(loras_for_expert(specs, "high")) == [
-        "distill_a.safetensors", "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
-        "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"]
-    assert names(loras_for_expert(specs, "low")) == [
-        "distill_b.safetensors", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
-        "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"]
-    assert loras_for_expert(specs, None) == specs
+    both = ["wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "highres_fix_lowrank_lora.safetensors",
+            "high_noise_and_low_noise_mix.safetensors"]
+    assert names(routed["high"]) == [
+        "distill_a.safetensors", "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors", both[0],
+        "Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors", both[1], "Wan22-HighNoise-style.safetensors", both[2]]
+    assert names(routed["low"]) == [
+        "distill_b.safetensors", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", both[0],
+        "wan22_lightning-LOW.safetensors", both[1], both[2]]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora_apply"]
+    assert len(lines) == len(specs)
+    assert "LoRA distill_a.safetensors -> high-noise expert (chosen)" in lines
+    assert "LoRA Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors -> high-noise expert (file name token 'HIGH')" \
+        in lines
+    assert ("LoRA wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors -> low-noise expert "
+            "(file name token 'low_noise')") in lines
+    assert "LoRA highres_fix_lowrank_lora.safetensors -> both experts (no high/low token in the file name)" in lines
+    assert "LoRA high_noise_and_low_noise_mix.safetensors -> both experts (the file name names both experts)" in lines
     with pytest.raises(InvalidInputError, match="name 'transformer'"):
         LoraSpec.from_config({"path": "x.safetensors", "name": "transformer"})
 
@@ -310,6 +362,25 @@ def test_keys_matching_nothing_are_summarised_in_one_warning(caplog):
     message = warnings[0].getMessage()
     per_block = sum(1 for k in tensors if k.startswith("diffusion_model.blocks.3.") and not k.endswith("lora_down.weight"))
     assert f"{2 * per_block + 1} keys match nothing" in message and "in all" in message
+
+
+def test_a_lora_that_matches_nothing_is_an_error_naming_one_key():
+    model = float_model()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    flux = {f"lora_unet_double_blocks_{i}_img_attn_qkv.{part}": torch.zeros(4, 4)
+            for i in range(2) for part in ("lora_up.weight", "lora_down.weight")}
+    flux["lora_unet_double_blocks_0_img_attn_qkv.alpha"] = torch.tensor(4.0)
+    for apply in (merge_loras, attach_loras):
+        with pytest.raises(IncompatibleLoraError, match=r"LoRA flux_lora matches nothing in WanDiT: none of its 5 keys "
+                                                        r"\(e\.g\. lora_unet_double_blocks_0_img_attn_qkv\.alpha\)"):
+            apply(model, [AppliedLora(parse_lora(flux, "flux_lora"), 1.0)])
+    deep = float_model(WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=4, text_dim=64))
+    later_blocks = {k: v for k, v in extractor_lora(deep, seed=7).items() if k.startswith("diffusion_model.blocks.3.")}
+    with pytest.raises(IncompatibleLoraError, match=r"matches nothing .* \(e\.g\. diffusion_model\.blocks\.3\."):
+        merge_loras(model, [AppliedLora(parse_lora(later_blocks, "block3_lora"), 1.0)])
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, original[key]), key
+    merge_loras(model, [AppliedLora(parse_lora({}, "empty_lora"), 1.0)])  # nothing to apply, nothing wrong
 
 
 def test_a_lora_for_another_width_is_an_error_naming_one_key_and_the_shapes():
