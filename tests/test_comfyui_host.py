@@ -9,15 +9,10 @@ under an unrelated folder name, so the checkout itself is never modified.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from wan_express import NODE_CLASS_MAPPINGS, convert
@@ -27,47 +22,18 @@ from wan_express.loaders.lora_apply import load_loras
 from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
 from wan_express.models import WanConfig
 
+from .comfyui_server import running_comfyui
 from .test_lora_apply import extractor_lora, float_model
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-PACK_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set (no ComfyUI checkout to test against)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_every_node_is_registered_in_a_running_comfyui(tmp_path):
-    base = tmp_path / "base"
-    (base / "custom_nodes").mkdir(parents=True)
-    (base / "custom_nodes" / "some-folder-name").symlink_to(PACK_ROOT, target_is_directory=True)
-    port = free_port()
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    log_path = tmp_path / "comfyui.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-             "--base-directory", str(base)],
-            cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        object_info = None
-        deadline = time.monotonic() + 180
-        while object_info is None and time.monotonic() < deadline:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info", timeout=5) as response:
-                    object_info = json.loads(response.read())
-            except OSError:
-                time.sleep(0.5)
-        log_text = log_path.read_text()
-        assert object_info is not None, "ComfyUI did not answer /object_info within 180 s:\n" + log_text[-3000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with running_comfyui(tmp_path / "base") as server:
+        object_info = server.get("/object_info")
+        log_text = server.log()
     missing = [node for node in NODE_CLASS_MAPPINGS if node not in object_info]
     assert not missing, f"nodes missing from /object_info: {missing}\n{log_text[-3000:]}"
     assert "IMPORT FAILED" not in log_text and "Cannot import" not in log_text, log_text[-3000:]

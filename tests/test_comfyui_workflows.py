@@ -77,4 +77,4 @@ def test_example_workflow_runs_and_saves_every_frame(comfyui, workflow, model_fo
     saved = [image for output in history["outputs"].values() for image in output.get("images", [])]
     assert len(saved) == 9
     assert all((base / "output" / image["subfolder"] / image["filename"]).is_file() for image in saved)
-    assert all(image["subfolder"] == f"wan_express" and image["filename"].startswith(prefix) for image in saved)
+    assert all(image["subfolder"] == "wan_express" and image["filename"].startswith(prefix) for image in saved)
