@@ -10,7 +10,6 @@ embedding, head) stay fp32.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Mapping
 

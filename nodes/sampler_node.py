@@ -29,6 +29,14 @@ def image_of(image: torch.Tensor) -> torch.Tensor:
     return image[0].permute(2, 0, 1).float() * 2 - 1
 
 
+def offload_hook(device):
+    """Expert hook that keeps only the running Wan2.2 expert on ``device`` (the idle one waits in CPU memory)."""
+    def hook(active, idle):
+        idle.to("cpu")
+        active.to(device)
+    return hook
+
+
 def parse_step_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
@@ -97,12 +105,7 @@ class WanExpressSampler:
             plan = DistillSchedule(parse_step_list(denoising_step_list), shift=shift, cfg=cfg)
         else:
             plan = (FlowUniPC if schedule == "unipc" else FlowEuler)(steps=steps, shift=shift, cfg=cfg)
-        device = host.torch_device()
-        hook = None
-        if len(models) == 2 and offload_idle_expert:
-            def hook(active, idle):
-                idle.to("cpu")
-                active.to(device)
+        hook = offload_hook(host.torch_device()) if len(models) == 2 and offload_idle_expert else None
         latent = sample(models if len(models) == 2 else models[0], conditioning, schedule=plan, seed=seed,
                         noise_source=noise_source, progress=host.progress_callback(plan.num_steps),
                         interrupt=host.interrupt_check(), expert_hook=hook)
