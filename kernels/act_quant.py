@@ -2,8 +2,8 @@
 
 Every row (token) gets ``scale = max(amax, 1e-8) / Qmax`` (448 for FP8 e4m3, 127 for INT8, round to nearest),
 so ``x ≈ codes * scale``. Entry points: `quantize_rows`, `norm_modulate_quantized` (LayerNorm + modulation),
-`layer_norm_quantized` (affine LayerNorm), `gelu_tanh_quantized` and `rms_norm_quantized`; each runs a Triton
-kernel on CUDA when Triton is installed and the PyTorch reference otherwise. The result is a
+`layer_norm_quantized` (affine LayerNorm), `gelu_tanh_quantized` and `rms_norm_quantized` (T5's RMSNorm); each
+runs a Triton kernel on CUDA when Triton is installed and the PyTorch reference otherwise. The result is a
 `QuantizedActivation`, which `QuantLinear` consumes directly.
 """
 
@@ -20,6 +20,8 @@ QMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
 CODE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
 # Floor under a row's amax so that all-zero rows (e.g. padding) get finite scales and zero codes.
 MIN_AMAX = 1e-8
+# Weight dtypes after which T5's RMSNorm rounds (its ``type_as(weight)``); the Triton kernel takes the code.
+HALF_DTYPES = {torch.bfloat16: 1, torch.float16: 2}
 
 
 @dataclasses.dataclass
@@ -67,9 +69,12 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x * rsqrt(mean(x²) + eps) * weight`` in fp32."""
-    x32 = x.float()
-    return x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.float()
+    """T5 RMSNorm as `TorchOps.rms_norm`: ``x * rsqrt(mean(x²) + eps)`` (fp32), rounded to the weight dtype when
+    that is half precision, times the weight (in that dtype, i.e. the product rounded once more)."""
+    normed = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight.dtype in HALF_DTYPES:
+        normed = normed.type_as(weight)
+    return weight * normed
 
 
 def _triton():
@@ -127,7 +132,8 @@ def gelu_tanh_quantized(x: torch.Tensor, codes: str) -> QuantizedActivation:
 
 
 def rms_norm_quantized(x: torch.Tensor, weight: torch.Tensor, eps: float, codes: str) -> QuantizedActivation:
-    """Quantized RMSNorm ``x * rsqrt(mean(x²) + eps) * weight``; x: [..., D], weight: [D]."""
+    """Quantized T5 RMSNorm (the values of `rms_norm_reference`, half-precision roundings included);
+    x: [..., D], weight: [D]."""
     if not use_triton(x.device):
         return quantize_rows_reference(rms_norm_reference(x, weight, eps), codes)
     out = _allocate(x, codes)

@@ -5,8 +5,9 @@ Every backend computes ``out[M, N] = (a[M, K] @ w[N, K]ᵀ) * a_scale[M, 1] * w_
 - ``triton``: our Triton kernel (FP8 or INT8; persistent with TMA on Hopper) with the scale/bias epilogue fused;
 - ``int_mm``: `torch._int_mm` INT8 to int32, then scaling as separate PyTorch ops.
 `choose(codes, requested, a, ...)` resolves "auto": the backends the device supports are timed once per shape
-on the first real inputs (alternating, best of three rounds) and the fastest is kept. Devices without them use
-the dequantizing fallback (``"dequant"``), which `QuantLinear` runs itself.
+(M rounded up to a power of two) on the first real inputs (alternating, best of three rounds) and the fastest is
+kept. Devices without them use the dequantizing fallback (``"dequant"``), which `QuantLinear` runs itself; an
+explicitly requested backend that cannot run falls back the same way, with one warning per reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import InvalidInputError
-from .capability import native_gemm, triton_available
+from .capability import MIN_CAPABILITY, compute_capability, native_gemm, triton_available
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +29,46 @@ BACKEND_NAMES = ("auto", "dequant", "scaled_mm", "triton", "int_mm")
 OUT_DTYPE = torch.bfloat16
 
 _fastest: dict[tuple, str] = {}
-_scaled_mm_takes_bias = True
+_warned: set[tuple[str, str, str]] = set()
+_bias_fusion: dict[torch.device, bool] = {}
+
+
+def m_bucket(rows: int) -> int:
+    """The row count rounded up to a power of two: backend choices and Triton tile tuning are made once per bucket,
+    not once per token count."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def _probe_bias_fusion(device: torch.device) -> bool:
+    """Whether this build's row-wise `torch._scaled_mm` takes a bias on ``device``, tried on a 16 × 16 GEMM so that
+    an error of a real call (out of memory, say) is never mistaken for the rejection."""
+    codes = torch.zeros(16, 16, device=device).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(codes, codes.t(), scale_a=torch.ones(16, 1, device=device),
+                         scale_b=torch.ones(1, 16, device=device), bias=torch.zeros(16, dtype=OUT_DTYPE, device=device),
+                         out_dtype=OUT_DTYPE, use_fast_accum=True)
+    except RuntimeError as error:
+        logger.debug("torch._scaled_mm rejects a bias with row-wise scales (%s); adding it separately", error)
+        return False
+    return True
+
+
+@torch.compiler.disable
+def scaled_mm_fuses_bias(device: torch.device) -> bool:
+    """`_probe_bias_fusion`, once per device."""
+    if device not in _bias_fusion:
+        if torch.cuda.is_current_stream_capturing():
+            return False  # no probe inside a CUDA graph capture; adding the bias separately is always valid
+        _bias_fusion[device] = _probe_bias_fusion(device)
+    return _bias_fusion[device]
 
 
 def scaled_mm(a, a_scale, weight, w_scale, bias):
     """FP8 row-wise `torch._scaled_mm`; the bias goes into the epilogue where the build supports it."""
-    global _scaled_mm_takes_bias
-    if _scaled_mm_takes_bias and bias is not None:
-        try:
-            return torch._scaled_mm(a, weight.t(), scale_a=a_scale, scale_b=w_scale, bias=bias,
-                                    out_dtype=OUT_DTYPE, use_fast_accum=True)
-        except RuntimeError as error:
-            logger.debug("torch._scaled_mm rejects a bias with row-wise scales (%s); adding it separately", error)
-            _scaled_mm_takes_bias = False
-    out = torch._scaled_mm(a, weight.t(), scale_a=a_scale, scale_b=w_scale, out_dtype=OUT_DTYPE,
-                           use_fast_accum=True)
-    return out if bias is None else out.add_(bias)
+    fuse_bias = bias is not None and scaled_mm_fuses_bias(a.device)
+    out = torch._scaled_mm(a, weight.t(), scale_a=a_scale, scale_b=w_scale, bias=bias if fuse_bias else None,
+                           out_dtype=OUT_DTYPE, use_fast_accum=True)
+    return out if bias is None or fuse_bias else out.add_(bias)
 
 
 def triton_gemm(a, a_scale, weight, w_scale, bias, out: torch.Tensor | None = None):
@@ -69,18 +94,43 @@ def check_name(backend: str) -> None:
         raise InvalidInputError(f"unknown W8A8 backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
 
 
+def unusable_reason(codes: str, backend: str, device: torch.device,
+                    shape: tuple[int, int, int] | None = None) -> str | None:
+    """Why ``backend`` cannot run a ``codes`` GEMM on ``device`` (of (M, N, K) where ``shape`` is given), or None
+    if it can. The reasons name no row count, so one warning covers every token count."""
+    if backend == "dequant":
+        return None
+    if backend not in BACKENDS_FOR[codes]:
+        return f"it does not take {codes} weights"
+    if not native_gemm(codes, device):
+        capability = compute_capability(device)
+        where = f"SM {capability[0]}.{capability[1]}" if capability else device.type
+        return (f"{where} has no {codes} tensor cores (needs CUDA SM >= "
+                f"{'.'.join(map(str, MIN_CAPABILITY[codes]))})")
+    if backend == "triton" and not triton_available():
+        return "Triton is not installed"
+    if shape is None:
+        return None
+    M, N, K = shape
+    if backend == "scaled_mm" and (K % 16 or N % 16):
+        return f"torch._scaled_mm needs K and N multiples of 16 (K={K}, N={N})"
+    if backend == "int_mm" and (M <= 16 or K % 8 or N % 8):  # torch._int_mm's cuBLASLt constraints
+        return f"torch._int_mm needs more than 16 rows and K, N multiples of 8 (K={K}, N={N})"
+    return None
+
+
 def usable(codes: str, backend: str, device: torch.device, shape: tuple[int, int, int]) -> bool:
     """Whether ``backend`` can run a ``codes`` GEMM of (M, N, K) on ``device``."""
-    if backend == "dequant":
-        return True
-    if backend not in BACKENDS_FOR[codes] or not native_gemm(codes, device):
-        return False
-    M, N, K = shape
-    if backend == "triton":
-        return triton_available()
-    if backend == "scaled_mm":
-        return K % 16 == 0 and N % 16 == 0
-    return M > 16 and K % 8 == 0 and N % 8 == 0  # torch._int_mm's cuBLASLt constraints
+    return unusable_reason(codes, backend, device, shape) is None
+
+
+@torch.compiler.disable
+def warn_fallback(codes: str, backend: str, reason: str) -> None:
+    """Log, once per (codes, backend, reason), that an explicitly requested backend falls back to dequantizing."""
+    if (codes, backend, reason) not in _warned:
+        _warned.add((codes, backend, reason))
+        logger.warning("W8A8 backend %r cannot run these %s layers (%s); they dequantize their weights instead "
+                       "(slower)", backend, codes, reason)
 
 
 def choices() -> dict[tuple, str]:
@@ -118,11 +168,15 @@ def choose(codes: str, requested: str, a: torch.Tensor, a_scale: torch.Tensor, w
     (codes, M rounded up to a power of two, N, K, device)), else "dequant"."""
     shape = (a.shape[0], weight.shape[0], a.shape[1])
     if requested != "auto":
-        return requested if usable(codes, requested, a.device, shape) else "dequant"
+        reason = unusable_reason(codes, requested, a.device, shape)
+        if reason is None:
+            return requested
+        warn_fallback(codes, requested, reason)
+        return "dequant"
     candidates = [name for name in BACKENDS_FOR[codes] if usable(codes, name, a.device, shape)]
     if len(candidates) <= 1:
         return candidates[0] if candidates else "dequant"
-    key = (codes, 1 << max(shape[0] - 1, 0).bit_length(), shape[1], shape[2], a.device)
+    key = (codes, m_bucket(shape[0]), shape[1], shape[2], a.device)
     if key not in _fastest:
         if torch.cuda.is_current_stream_capturing():
             return candidates[0]

@@ -45,6 +45,18 @@ class TorchOps:
         """Affine LayerNorm in fp32 (the cross-attention pre-norm); ``name`` is the Linear it feeds."""
         return F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
 
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, *, name: str) -> torch.Tensor:
+        """T5 RMSNorm (spec networks.md §2.2): ``x * rsqrt(mean(x²) + eps)`` with the mean in fp32, cast to the
+        weight dtype when that is half precision, times the weight.
+
+        x: [..., D]; weight: [D]. ``name`` is the Linear the result feeds (the first of those sharing it), or the
+        norm's own name where it feeds none.
+        """
+        normed = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + eps)
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            normed = normed.type_as(weight)
+        return weight * normed
+
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""
         return nn.GELU(approximate="tanh")

@@ -6,7 +6,7 @@ per output channel or ``[1, 1]`` per tensor, so that ``W ≈ weight.float() * we
 `QuantOps` builds a `QuantLinear` for every layer named in its table; other layers stay float (`ActivationLinear`).
 `QuantLinear` runs a native W8A8 GEMM (`kernels.backends`) where the device has one, else dequantizes the
 weight (optionally emulating the activation quantization); `QuantOps` also fuses the activation quantization into
-the LayerNorm + modulation, affine LayerNorm and GELU ops that feed quantized linears.
+the LayerNorm + modulation, affine LayerNorm, T5 RMSNorm and GELU ops that feed quantized linears.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 
 from . import backends
 from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, layer_norm_quantized,
-                        norm_modulate_quantized, quantize_rows, quantize_rows_reference)
+                        norm_modulate_quantized, quantize_rows, quantize_rows_reference, rms_norm_quantized)
 from .capability import native_gemm, triton_available
 from .ops import CastLinear, TorchOps
 
@@ -57,8 +57,8 @@ class QuantLinear(nn.Module):
 
     State dict: ``weight`` (codes), ``weight_scale`` (fp32), ``bias`` (float, optional).
     Args beyond the shape: ``backend`` ("auto", "dequant", "scaled_mm", "triton", "int_mm"; an unusable choice
-    falls back to "dequant") and ``emulate_activations`` (on the dequant path, round the activation through the
-    same per-token quantization the GPU kernels apply, to predict their numerics on any device).
+    falls back to "dequant" with a warning) and ``emulate_activations`` (on the dequant path, round the activation
+    through the same per-token quantization the GPU kernels apply, to predict their numerics on any device).
     Input: a float tensor ``[..., in]`` or a `QuantizedActivation`; output ``[..., out]`` (bf16 on the native
     path, the bias dtype on the dequant path).
     """
@@ -109,10 +109,17 @@ class QuantLinear(nn.Module):
 
 
 def runs_native(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
-    """Whether a layer of ``scheme`` takes the native W8A8 path on ``device`` (else it dequantizes)."""
-    if backend == "dequant" or not native_gemm(scheme.codes, device):
+    """Whether a layer of ``scheme`` takes the native W8A8 path on ``device`` (else it dequantizes). An explicit
+    backend that cannot run there is reported once (`backends.warn_fallback`); its shape limits are checked per
+    call by `backends.choose`."""
+    if backend == "auto":
+        return native_gemm(scheme.codes, device)
+    if backend == "dequant":
         return False
-    return backend != "triton" or triton_available()
+    reason = backends.unusable_reason(scheme.codes, backend, device)
+    if reason is not None:
+        backends.warn_fallback(scheme.codes, backend, reason)
+    return reason is None
 
 
 class ActivationLinear(CastLinear):
@@ -147,8 +154,8 @@ class QuantOps(TorchOps):
     """Operations factory that quantizes the layers named in ``layers`` (official names, no ``.weight``).
 
     ``backend`` and ``emulate_activations`` are passed to every `QuantLinear` (see there). Where a quantized
-    linear runs natively on CUDA with Triton installed, the LayerNorm + modulation, the affine LayerNorm and the
-    GELU feeding it quantize their output in the same kernel.
+    linear runs natively on CUDA with Triton installed, the LayerNorm + modulation, the affine LayerNorm, the T5
+    RMSNorm and the GELU feeding it quantize their output in the same kernel.
     """
 
     def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False):
@@ -176,6 +183,13 @@ class QuantOps(TorchOps):
         if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
             return super().layer_norm(x, weight, bias, eps, name=name)
         return layer_norm_quantized(x, weight, bias, eps, scheme.codes)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 *, name: str) -> torch.Tensor | QuantizedActivation:
+        scheme = self.layers.get(name)
+        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+            return super().rms_norm(x, weight, eps, name=name)
+        return rms_norm_quantized(x, weight, eps, scheme.codes)
 
     def gelu_tanh(self, *, name: str) -> nn.Module:
         scheme = self.layers.get(name)

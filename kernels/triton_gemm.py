@@ -16,8 +16,13 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .backends import m_bucket
+
+# The autotuners pick a tile per (rows rounded up to a power of two, N, K, codes): ``M_BUCKET`` is a kernel argument
+# only for this key, so a new token count in a known bucket does not tune again.
+TUNING_KEY = ["M_BUCKET", "N", "K", "INT8"]
 # Tiles that fill an H100 at Wan shapes (M in the tens of thousands, N and K of 5120/13824), plus smaller
-# ones for short inputs and other GPUs; the autotuner picks per (M, N, K).
+# ones for short inputs and other GPUs.
 TUNING_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
@@ -61,8 +66,8 @@ def _tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, NUM_PROGRAMS,
-                            HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr,
+def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, M_BUCKET,
+                            NUM_PROGRAMS, HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     k_steps = tl.cdiv(K, BLOCK_K)
@@ -89,7 +94,7 @@ def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, 
         out_desc.store([off_m, off_n], result.to(tl.bfloat16))  # the store is clipped at the edges
 
 
-_tuned_tma_kernel = triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "INT8"])(_scaled_gemm_tma_kernel)
+_tuned_tma_kernel = triton.autotune(configs=TMA_CONFIGS, key=TUNING_KEY)(_scaled_gemm_tma_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,7 +113,7 @@ def tma_usable(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> bool
 
 
 @triton.jit
-def _scaled_gemm_kernel(a_ptr, w_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K,
+def _scaled_gemm_kernel(a_ptr, w_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, M_BUCKET,
                         stride_am, stride_wn, stride_om,
                         HAS_BIAS: tl.constexpr, INT8: tl.constexpr, EVEN_K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -149,7 +154,7 @@ def _scaled_gemm_kernel(a_ptr, w_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, out_pt
     tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=in_m[:, None] & in_n[None, :])
 
 
-_tuned_kernel = triton.autotune(configs=TUNING_CONFIGS, key=["M", "N", "K", "INT8"])(_scaled_gemm_kernel)
+_tuned_kernel = triton.autotune(configs=TUNING_CONFIGS, key=TUNING_KEY)(_scaled_gemm_kernel)
 
 
 def scaled_gemm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
@@ -169,7 +174,7 @@ def scaled_gemm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, w_
         return out
     if config is None and (tma_usable(a, weight, out) if persistent is None else persistent):
         return _persistent_gemm(a, a_scale, weight, w_scale, bias, out)
-    args = (a, weight, a_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K,
+    args = (a, weight, a_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, m_bucket(M),
             a.stride(0), weight.stride(0), out.stride(0))
     if config is None:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
@@ -197,5 +202,5 @@ def _persistent_gemm(a, a_scale, weight, w_scale, bias, out):
         return (min(programs, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
 
     _tuned_tma_kernel[grid](a_desc, w_desc, out_desc, a_scale, w_scale, bias if bias is not None else w_scale,
-                            M, N, K, programs, HAS_BIAS=bias is not None, INT8=a.dtype == torch.int8)
+                            M, N, K, m_bucket(M), programs, HAS_BIAS=bias is not None, INT8=a.dtype == torch.int8)
     return out

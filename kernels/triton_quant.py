@@ -1,9 +1,8 @@
 """Triton kernels that quantize activations per token, alone or fused with the op producing them.
 
-One program per row: the producer (plain load, LayerNorm + modulation, affine LayerNorm, GELU-tanh or RMSNorm) is
-computed in fp32
-registers, the row's amax gives the scale, and only the 8-bit codes and the fp32 scale reach memory. Imported
-only when Triton is installed; `kernels.act_quant` is the entry point.
+One program per row: the producer (plain load, LayerNorm + modulation, affine LayerNorm, GELU-tanh or T5's
+RMSNorm) is computed in fp32 registers, the row's amax gives the scale, and only the 8-bit codes and the fp32 scale
+reach memory. Imported only when Triton is installed; `kernels.act_quant` is the entry point.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .act_quant import MIN_AMAX, QMAX
+from .act_quant import HALF_DTYPES, MIN_AMAX, QMAX
 
 # Adding and removing 1.5 * 2**23 rounds an fp32 of magnitude < 2**22 to the nearest integer, ties to even
 # (torch.round's rule), with plain arithmetic that the CPU interpreter runs too.
@@ -61,15 +60,33 @@ def _gelu_tanh_quant_kernel(x_ptr, codes_ptr, scale_ptr, K, stride_x, BLOCK: tl.
 
 
 @triton.jit
-def _rms_norm_quant_kernel(x_ptr, weight_ptr, codes_ptr, scale_ptr, K, stride_x, eps, BLOCK: tl.constexpr,
-                           QMAX_VALUE: tl.constexpr, INT8: tl.constexpr, AMAX_FLOOR: tl.constexpr,
-                           MAGIC: tl.constexpr):
+def _round_half(values, HALF: tl.constexpr):
+    """fp32 values rounded to bf16 (HALF = 1) or fp16 (HALF = 2), to nearest with ties to even, kept in fp32.
+    bf16 rounds with integer arithmetic on the bits: the CPU interpreter truncates bf16 casts."""
+    if HALF == 1:
+        bits = values.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return values.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def _rms_norm_quant_kernel(x_ptr, weight_ptr, codes_ptr, scale_ptr, K, stride_x, eps, HALF: tl.constexpr,
+                           BLOCK: tl.constexpr, QMAX_VALUE: tl.constexpr, INT8: tl.constexpr,
+                           AMAX_FLOOR: tl.constexpr, MAGIC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < K
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    values = x * (1.0 / tl.sqrt(tl.sum(x * x, axis=0) / K + eps)) * weight
+    normed = x * tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+    if HALF:
+        # T5: the normalized row is cast to the half weight dtype, and the product with the weight is taken in
+        # that dtype (exact in fp32 for two half operands, then rounded once).
+        values = _round_half(_round_half(normed, HALF) * weight, HALF)
+    else:
+        values = normed * weight
     _quantize_store(values, mask, codes_ptr + row * K, scale_ptr + row, cols, QMAX_VALUE, INT8, AMAX_FLOOR, MAGIC)
 
 
@@ -131,11 +148,12 @@ def gelu_tanh_quantize(x: torch.Tensor, codes_out: torch.Tensor, scale_out: torc
 
 def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, codes_out: torch.Tensor,
                       scale_out: torch.Tensor, codes: str) -> None:
-    """RMSNorm(x [M, K]) * weight [K] quantized into codes_out [M, K], scale_out [M, 1]."""
+    """T5 RMSNorm(x [M, K]) * weight [K] (half-precision roundings as `act_quant.rms_norm_reference`) quantized
+    into codes_out [M, K], scale_out [M, 1]."""
     rows, width = x.shape
     if rows:
         _rms_norm_quant_kernel[(rows,)](x, weight, codes_out, scale_out, width, x.stride(0), eps,
-                                        **_launch_args(width, codes))
+                                        HALF=HALF_DTYPES.get(weight.dtype, 0), **_launch_args(width, codes))
 
 
 def layer_norm_quantize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,

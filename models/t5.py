@@ -69,18 +69,13 @@ class T5Config:
 
 
 class T5RMSNorm(nn.Module):
-    """T5 norm: ``x * rsqrt(mean(x^2) + eps)`` (mean in fp32), cast to a half weight dtype, times the weight."""
+    """Holds a T5 norm's ``weight`` [dim] and ``eps``; the math is `TorchOps.rms_norm`, called by the owner through
+    its ops so that a quantizing ops can emit the activation of the Linear the norm feeds in the same kernel."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            normed = normed.type_as(self.weight)
-        return self.weight * normed
 
 
 def relative_position_bucket(relative: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -123,7 +118,8 @@ class T5Attention(nn.Module):
         self.o = ops.linear(config.attn_dim, config.dim, name=f"{name}.o", bias=False)
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, dim]; position_bias: [1, heads, L, L]; key_mask: [B, 1, 1, L] bool, False on padded keys."""
+        """x: [B, L, dim] (or a pre-quantized activation from a fused norm); position_bias: [1, heads, L, L];
+        key_mask: [B, 1, 1, L] bool, False on padded keys."""
         batch, length, _ = x.shape
         q, k, v = (proj(x).view(batch, length, self.num_heads, -1).transpose(1, 2) for proj in (self.q, self.k, self.v))
         # Padded keys get the dtype minimum (not -inf), as in the official code.
@@ -136,19 +132,22 @@ class T5Attention(nn.Module):
 class T5FeedForward(nn.Module):
     def __init__(self, ops: TorchOps, config: T5Config, name: str):
         super().__init__()
-        # Sequential keeps the official key name ffn.gate.0.weight.
+        # Sequential keeps the official key name ffn.gate.0.weight. The GELU is named for itself: its output is
+        # multiplied by fc1's before fc2 consumes it, so it must stay a float tensor (never quantized for fc2).
         self.gate = nn.Sequential(ops.linear(config.dim, config.ffn_dim, name=f"{name}.gate.0", bias=False),
-                                  ops.gelu_tanh(name=f"{name}.fc2"))
+                                  ops.gelu_tanh(name=f"{name}.gate.1"))
         self.fc1 = ops.linear(config.dim, config.ffn_dim, name=f"{name}.fc1", bias=False)
         self.fc2 = ops.linear(config.ffn_dim, config.dim, name=f"{name}.fc2", bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, dim] (or a pre-quantized activation from a fused norm) -> [B, L, dim]."""
         return self.fc2(self.fc1(x) * self.gate(x))
 
 
 class T5Block(nn.Module):
     def __init__(self, ops: TorchOps, config: T5Config, name: str):
         super().__init__()
+        self.ops, self.name = ops, name
         self.norm1 = T5RMSNorm(config.dim, config.eps)
         self.attn = T5Attention(ops, config, f"{name}.attn")
         self.norm2 = T5RMSNorm(config.dim, config.eps)
@@ -157,8 +156,11 @@ class T5Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """x: [B, L, dim] residual stream; key_mask: [B, 1, 1, L] bool, False on padded keys."""
-        x = x + self.attn(self.norm1(x), self.pos_embedding(x.shape[1]), key_mask)
-        return x + self.ffn(self.norm2(x))
+        # Each norm is named after the first Linear it feeds (q of q/k/v, gate of gate/fc1).
+        attn_in = self.ops.rms_norm(x, self.norm1.weight, self.norm1.eps, name=f"{self.name}.attn.q")
+        x = x + self.attn(attn_in, self.pos_embedding(x.shape[1]), key_mask)
+        ffn_in = self.ops.rms_norm(x, self.norm2.weight, self.norm2.eps, name=f"{self.name}.ffn.gate.0")
+        return x + self.ffn(ffn_in)
 
 
 class UMT5Encoder(nn.Module):
@@ -166,7 +168,7 @@ class UMT5Encoder(nn.Module):
 
     def __init__(self, config: T5Config, ops: TorchOps | None = None):
         super().__init__()
-        ops = ops or TorchOps()
+        self.ops = ops = ops or TorchOps()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(T5Block(ops, config, f"blocks.{i}") for i in range(config.num_layers))
@@ -213,7 +215,7 @@ class UMT5Encoder(nn.Module):
         key_mask = mask.bool()[:, None, None, :]
         for block in self.blocks:
             x = block(x, key_mask)
-        return self.norm(x)
+        return self.ops.rms_norm(x, self.norm.weight, self.norm.eps, name="norm")
 
 
 class TextEncoder:

@@ -1,12 +1,16 @@
 """W8A8 quantized linears on the CPU: the dequantizing fallback's numerics, online quantization at load and a
 whole tiny DiT in FP8/INT8 against bf16 (spec networks.md §1.8 proposes relative L2 <= 5e-2; we assert 3e-2)."""
 
+import logging
+
 import pytest
 import torch
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
-from wan_express.kernels.act_quant import QuantizedActivation, layer_norm_quantized, quantize_rows
+from wan_express.kernels import backends
+from wan_express.kernels.act_quant import (QuantizedActivation, layer_norm_quantized, quantize_rows,
+                                           quantize_rows_reference, rms_norm_quantized, rms_norm_reference)
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
 from wan_express.kernels.ops import TorchOps
@@ -90,6 +94,46 @@ def test_affine_layer_norm_quantizer_follows_the_formula(codes):
     ops = QuantOps({"blocks.0.cross_attn.q": QuantScheme(codes)})
     plain = ops.layer_norm(x, weight, bias, 1e-6, name="blocks.0.cross_attn.q")
     assert torch.equal(plain, TorchOps().layer_norm(x, weight, bias, 1e-6, name="blocks.0.cross_attn.q"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_rms_norm_is_t5s_and_its_quantizer_follows_it(dtype):
+    """T5 RMSNorm (spec networks.md §2.2): mean of squares in fp32, the normalized row cast to a half weight dtype
+    before the weight multiply; the quantizing variant quantizes exactly those values."""
+    generator = torch.Generator().manual_seed(12)
+    x = (1 + 4 * torch.randn(2, 5, 96, generator=generator)).to(dtype)
+    weight = (1 + 0.2 * torch.randn(96, generator=generator)).to(dtype)
+    got = TorchOps().rms_norm(x, weight, 1e-6, name="blocks.0.attn.q")
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+    want = weight * normed.to(dtype)  # in the weight dtype: the product is rounded to it
+    assert got.dtype == dtype and torch.equal(got, want) and torch.equal(rms_norm_reference(x, weight, 1e-6), got)
+    for codes in ("fp8_e4m3", "int8"):
+        quantized, expected = rms_norm_quantized(x, weight, 1e-6, codes), quantize_rows_reference(got, codes)
+        assert torch.equal(quantized.scale, expected.scale)
+        assert torch.equal(quantized.codes.view(torch.uint8), expected.codes.view(torch.uint8))
+        # Off CUDA the ops factory keeps the float norm (the fallback linear quantizes, if asked, itself).
+        ops = QuantOps({"blocks.0.attn.q": QuantScheme(codes)})
+        assert torch.equal(ops.rms_norm(x, weight, 1e-6, name="blocks.0.attn.q"), got)
+
+
+def test_explicit_backend_that_cannot_run_warns_once_and_dequantizes(caplog, monkeypatch):
+    monkeypatch.setattr(backends, "_warned", set())
+    layer = make_linear(QuantScheme("fp8_e4m3"), backend="scaled_mm", emulate_activations=True)
+    reference = make_linear(QuantScheme("fp8_e4m3"), backend="dequant", emulate_activations=True)
+    x = torch.randn(4, 96)
+    with caplog.at_level(logging.WARNING, logger=backends.__name__):
+        outputs = [layer(x), layer(x[:3])]
+    assert all(torch.equal(out, reference(rows)) for out, rows in zip(outputs, (x, x[:3])))
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and "'scaled_mm'" in warnings[0] and "cpu has no fp8_e4m3 tensor cores" in warnings[0]
+    assert backends.unusable_reason("int8", "scaled_mm", torch.device("cpu")) == "it does not take int8 weights"
+    assert backends.unusable_reason("int8", "dequant", torch.device("cpu")) is None
+
+
+def test_row_buckets_are_powers_of_two():
+    assert [backends.m_bucket(rows) for rows in (0, 1, 2, 3, 1000, 1024, 1025, 32760)] == [
+        1, 1, 2, 4, 1024, 1024, 2048, 32768]
 
 
 def test_cpu_has_no_native_gemm_and_backend_names_are_checked():

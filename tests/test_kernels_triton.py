@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available() or importlib.util.find
 
 GEMM_REL_TOL = 8e-3  # bf16 output rounding
 QUANTIZERS = ["rows int8", "norm_modulate int8 per_token=False", "norm_modulate int8 per_token=True",
-              "gelu_tanh int8", "rms_norm int8", "layer_norm int8"]
+              "gelu_tanh int8", "rms_norm int8", "rms_norm int8 bf16 weight", "layer_norm int8"]
 
 
 @pytest.fixture(scope="module")

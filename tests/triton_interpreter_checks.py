@@ -30,7 +30,7 @@ def persistent_gemm(a, a_scale, w, w_scale, bias, out) -> None:
                    TensorDescriptor.from_tensor(out, [tile["BLOCK_M"], tile["BLOCK_N"]]))
     M, K = a.shape
     triton_gemm._scaled_gemm_tma_kernel[(PERSISTENT_PROGRAMS,)](
-        *descriptors, a_scale, w_scale, bias, M, w.shape[0], K, PERSISTENT_PROGRAMS, HAS_BIAS=True,
+        *descriptors, a_scale, w_scale, bias, M, w.shape[0], K, M, PERSISTENT_PROGRAMS, HAS_BIAS=True,
         INT8=a.dtype == torch.int8, GROUP_M=SMALL_TILE["GROUP_M"], **tile)
 
 
@@ -87,6 +87,11 @@ def main() -> None:
     out = allocate(hidden.shape)
     triton_quant.rms_norm_quantize(hidden.float(), weight, 1e-6, out.codes, out.scale, "int8")
     results["rms_norm int8"] = quantization_error(out.codes, out.scale, rms_norm_reference(hidden, weight, 1e-6))
+    half_weight = weight.to(torch.bfloat16)  # T5 in bf16: the norm rounds to bf16 before and after the multiply
+    out = allocate(hidden.shape)
+    triton_quant.rms_norm_quantize(hidden, half_weight, 1e-6, out.codes, out.scale, "int8")
+    results["rms_norm int8 bf16 weight"] = quantization_error(out.codes, out.scale,
+                                                              rms_norm_reference(hidden, half_weight, 1e-6))
     bias = 0.1 * torch.randn(200, generator=generator)
     out = allocate(hidden.shape)
     triton_quant.layer_norm_quantize(hidden, weight, bias, 1e-6, out.codes, out.scale, "int8")
