@@ -189,10 +189,25 @@ def resolve_target(path: Path, file: str | None) -> ModelUnit | ModelPair:
     if config.high is not None:
         return ModelPair(path, _single(resolve(config.high, role="high"), config.high),
                          _single(resolve(config.low, role="low"), config.low))
-    chosen = config.dit or config.model_path
+    chosen = config.dit or _legacy_quantized_folder(config) or config.model_path
     if chosen is None:
         raise ModelFormatError(f"{path}: the config names no model (set model_path or a *_ckpt key)")
     return resolve(chosen, file)
+
+
+# LightX2V's legacy trees keep quantized weights in a subfolder named after the codes (spec formats.md §4.6); with
+# dit_quantized and no *_quantized_ckpt, LightX2V looks there first.
+_LEGACY_QUANTIZED_SUBFOLDERS = ("{codes}", "distill_{codes}")
+
+
+def _legacy_quantized_folder(config) -> Path | None:
+    if config.quant_scheme is None or config.model_path is None:
+        return None
+    for pattern in _LEGACY_QUANTIZED_SUBFOLDERS:
+        candidate = config.model_path / pattern.format(codes=config.quantization)
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def _single(found: ModelUnit | ModelPair, path: Path) -> ModelUnit:

@@ -115,6 +115,18 @@ def test_lightx2v_config_selects_files_quantization_and_sampling(weights, tmp_pa
     assert load_dit(config_path).blocks[0].ffn[2].weight.dtype == torch.int8
 
 
+def test_lightx2v_config_on_a_legacy_tree_takes_the_quantized_subfolder(weights, tmp_path):
+    tree = tmp_path / "Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v"
+    write_official(tree / "original", weights)
+    write_lightx2v(tree / "fp8" / "wan_scaled_fp8_e4m3.safetensors", weights, "fp8")
+    write_lightx2v(tree / "distill_int8" / "wan_int8.safetensors", weights, "int8")
+    config_path = tmp_path / "legacy.json"
+    for scheme, folder in (("fp8-vllm", "fp8"), ("int8-q8f", "distill_int8")):
+        config_path.write_text(json.dumps({"model_path": tree.name, "dit_quantized": True,
+                                           "dit_quant_scheme": scheme}))
+        assert open_dit(config_path).path.parent.name == folder
+
+
 def test_lightx2v_config_expert_checkpoints_give_a_pair(weights, tmp_path):
     write_lightx2v(tmp_path / "h.safetensors", weights, "int8")
     write_lightx2v(tmp_path / "l.safetensors", weights, "int8")
