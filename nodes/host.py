@@ -25,18 +25,22 @@ def register_model_folders() -> None:
         folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / FOLDER_KEY), is_default=True)
 
 
-def model_folders() -> list[str]:
-    """Every folder under ``models/wan_express`` (official, A14B parent, split, diffusers), as ``name/``."""
+def _roots() -> list[Path]:
     folder_paths = _folder_paths()
     if folder_paths is None:
         return []
-    folders = []
-    for root in folder_paths.get_folder_paths(FOLDER_KEY):
-        root_path = Path(root)
-        if root_path.is_dir():
-            folders += [f"{child.name}/" for child in sorted(root_path.iterdir())
-                        if child.is_dir() and not child.name.startswith(".")]
-    return folders
+    return [Path(root) for root in folder_paths.get_folder_paths(FOLDER_KEY) if Path(root).is_dir()]
+
+
+def model_folders() -> list[str]:
+    """Every folder under ``models/wan_express`` (official, A14B parent, split, diffusers), as ``name/``."""
+    return [f"{child.name}/" for root in _roots() for child in sorted(root.iterdir())
+            if child.is_dir() and not child.name.startswith(".")]
+
+
+def lightx2v_configs() -> list[str]:
+    """LightX2V config files (``*.json``) directly under ``models/wan_express``; they name model files and LoRAs."""
+    return [child.name for root in _roots() for child in sorted(root.glob("*.json"))]
 
 
 def list_models(file_key: str) -> list[str]:
@@ -45,18 +49,20 @@ def list_models(file_key: str) -> list[str]:
 
 
 def resolve_model(file_key: str, choice: str) -> Path:
-    """Full path of a choice made from `list_models`."""
-    folder_paths = _folder_paths()
-    if choice.endswith("/"):
-        for root in folder_paths.get_folder_paths(FOLDER_KEY):
-            candidate = Path(root) / choice.rstrip("/")
-            if candidate.is_dir():
+    """Full path of a choice made from `list_models` (or `lightx2v_configs`)."""
+    if choice.endswith(("/", ".json")):
+        for root in _roots():
+            candidate = root / choice.rstrip("/")
+            if candidate.exists():
                 return candidate
-        raise MissingComponentError(f"model folder {choice!r} not found under models/{FOLDER_KEY}")
+        raise MissingComponentError(f"{choice!r} not found under models/{FOLDER_KEY}")
     return resolve_file(file_key, choice)
 
 
-def list_files(key: str, suffixes: tuple[str, ...] = (".safetensors", ".pth", ".pt")) -> list[str]:
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt")
+
+
+def list_files(key: str, suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[str]:
     """Files of a core model folder key (``text_encoders``, ``vae``, ...) with one of ``suffixes``."""
     folder_paths = _folder_paths()
     if folder_paths is None:
@@ -66,6 +72,9 @@ def list_files(key: str, suffixes: tuple[str, ...] = (".safetensors", ".pth", ".
 
 def resolve_file(key: str, name: str) -> Path:
     folder_paths = _folder_paths()
+    if folder_paths is None:
+        raise MissingComponentError(f"{name!r}: ComfyUI's model folders are not available outside ComfyUI; "
+                                    "call the library loaders with a path instead")
     return Path(folder_paths.get_full_path_or_raise(key, name))
 
 
