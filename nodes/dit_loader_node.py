@@ -28,8 +28,8 @@ class WanExpressDiTLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_models("diffusion_models") + host.lightx2v_configs(), {"tooltip": "Model folder (ends with /), file, or "
-                                                                     "a LightX2V config (.json)."}),
+                "model": (host.list_models("diffusion_models") + host.lightx2v_configs(),
+                          {"tooltip": "Model folder (ends with /), file, or a LightX2V config (.json)."}),
                 "quantization": (list(QUANTIZATION), {"default": "auto", "tooltip": "auto keeps what the file "
                                  "holds; fp8/int8 quantize float weights per channel at load; bf16 runs unquantized."}),
                 "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Precision of the float matmul weights; "
