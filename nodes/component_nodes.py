@@ -1,4 +1,4 @@
-"""Nodes for the non-DiT parts: umT5 text encoder (load, encode), Wan VAE (load, decode).
+"""Nodes for the non-DiT parts: umT5 text encoder (load, encode), CLIP vision (load, encode), Wan VAE (load, decode).
 
 Text embeddings leave as core ``CONDITIONING`` and latents travel as core ``LATENT`` (raw VAE space), so these
 nodes mix with ComfyUI's own.
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..loaders import find_components, load_text_encoder, load_vae
+from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
 from ..sampling.latent_space import to_normalized
 from . import host
 
@@ -62,6 +62,8 @@ class WanExpressTextEncoderLoader:
                 tokenizer = find_components(host.resolve_model("text_encoders", tokenizer_folder)).require(
                     "tokenizer")
         target = host.torch_device() if device == "gpu" else "cpu"
+        if device == "gpu":
+            host.free_gpu_memory()
         return (load_text_encoder(path, tokenizer, device=target, quantization=quantization),)
 
 
@@ -86,6 +88,60 @@ class WanExpressTextEncode:
         return ([[F.pad(context, (0, 0, 0, TEXT_LEN - context.shape[0]))[None], {}]],)
 
 
+class ClipVisionOutput:
+    """What core's CLIP_VISION_OUTPUT carries for Wan: ``penultimate_hidden_states`` [1, 257·n, 1280]."""
+
+    def __init__(self, penultimate_hidden_states: torch.Tensor):
+        self.penultimate_hidden_states = penultimate_hidden_states
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+class WanExpressCLIPVisionLoader:
+    """Loads CLIP ViT-H/14 (Wan2.1 I2V / FLF2V) from an official folder or a clip_vision file."""
+
+    CATEGORY = "Wan Express/loaders"
+    DESCRIPTION = ("Load the CLIP vision tower of Wan2.1 I2V / FLF2V: the official "
+                   "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth from a folder in models/wan_express/, or "
+                   "clip_vision_h.safetensors from models/clip_vision/.")
+    RETURN_TYPES = ("WANEXPRESS_CLIP_VISION",)
+    RETURN_NAMES = ("clip_vision",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (host.list_models("clip_vision"), {"tooltip": "Model folder (ends with /) or file."}),
+        }}
+
+    def load(self, model: str):
+        path = _component(host.resolve_model("clip_vision", model), "clip_vision")
+        return (load_clip_vision(path, device=host.torch_device()),)
+
+
+class WanExpressCLIPVisionEncode:
+    """Encodes the start image (and the end image, for FLF2V) the official way: 224x224 squash, no crop."""
+
+    CATEGORY = "Wan Express/conditioning"
+    DESCRIPTION = ("CLIP features for Wan2.1 I2V (start image: 257 tokens) and FLF2V (start + end: 514 tokens), "
+                   "preprocessed as the official code (bicubic 224x224, no crop). Feeds the sampler's "
+                   "clip_vision_output.")
+    RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_vision": ("WANEXPRESS_CLIP_VISION",), "start_image": ("IMAGE",)},
+                "optional": {"end_image": ("IMAGE",)}}
+
+    def encode(self, clip_vision, start_image: torch.Tensor, end_image: torch.Tensor | None = None):
+        frames = [start_image[0]] + ([] if end_image is None else [end_image[-1]])
+        images = torch.stack([frame[..., :3] for frame in frames]).permute(0, 3, 1, 2).float() * 2 - 1
+        tokens = clip_vision.encode(images.to(host.torch_device())).float().cpu()  # [n, 257, 1280]
+        return (ClipVisionOutput(tokens.reshape(1, -1, tokens.shape[-1])),)
+
+
 class WanExpressVAELoader:
     """Loads a Wan2.1 or Wan2.2 VAE from an official folder or a vae file (``.pth`` or ComfyUI safetensors)."""
 
@@ -105,6 +161,7 @@ class WanExpressVAELoader:
 
     def load(self, model: str, dtype: str):
         path = _component(host.resolve_model("vae", model), "vae")
+        host.free_gpu_memory()
         return (load_vae(path, dtype=DTYPES[dtype], device=host.torch_device()),)
 
 

@@ -79,13 +79,44 @@ def resolve_file(key: str, name: str) -> Path:
 
 
 def progress_callback(total: int):
-    """A sampler progress callback driving ComfyUI's progress bar (which also makes the run interruptible)."""
+    """A sampler progress callback driving ComfyUI's progress bar with a latent->RGB preview of the current x0
+    (updating the bar is also what lets ComfyUI interrupt a run)."""
     try:
+        import comfy.latent_formats
         import comfy.utils
     except ImportError:
         return None
     bar = comfy.utils.ProgressBar(total)
-    return lambda step, steps, preview: bar.update_absolute(step, steps)
+    formats = {16: comfy.latent_formats.Wan21(), 48: comfy.latent_formats.Wan22()}
+
+    def callback(step: int, steps: int, x0) -> None:
+        bar.update_absolute(step, steps, preview=_preview(x0, formats.get(x0.shape[1])))
+
+    return callback
+
+
+def _preview(x0, latent_format):
+    """("JPEG", image, size) of the first latent frame of a normalised latent, with core's RGB factors."""
+    if latent_format is None or getattr(latent_format, "latent_rgb_factors", None) is None:
+        return None
+    import torch
+    from PIL import Image
+
+    factors = torch.tensor(latent_format.latent_rgb_factors, dtype=torch.float32, device=x0.device)
+    bias = torch.tensor(latent_format.latent_rgb_factors_bias or [0.0] * 3, dtype=torch.float32, device=x0.device)
+    rgb = torch.einsum("chw,cr->hwr", x0[0, :, 0].float(), factors) + bias
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).cpu().numpy()
+    return "JPEG", Image.fromarray(pixels), 512
+
+
+def free_gpu_memory() -> None:
+    """Ask ComfyUI to unload its own models before ours take GPU memory (ours are not in its model manager)."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
 
 
 def interrupt_check():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..errors import InvalidInputError
@@ -10,13 +12,28 @@ from ..sampling import (DistillSchedule, FlowEuler, FlowUniPC, first_last_to_vid
 from ..sampling.latent_space import to_raw
 from . import host
 
+log = logging.getLogger(__name__)
+
 SCHEDULES = ("distill", "unipc", "euler")
 TEXT_LEN = 512
 
 
+# Keys core's image nodes (WanImageToVideo, ...) add to CONDITIONING; here images come through the sampler inputs.
+_CORE_IMAGE_KEYS = ("concat_latent_image", "concat_mask")
+
+
 def context_of(conditioning, name: str) -> torch.Tensor:
-    """[1, L <= 512, 4096] from core CONDITIONING; core pads umT5 output with zero rows to at least 512."""
-    context = conditioning[0][0]
+    """[1, L <= 512, D] from core CONDITIONING; core pads umT5 output with zero rows to at least 512."""
+    if len(conditioning) != 1:
+        raise InvalidInputError(f"the {name} conditioning holds {len(conditioning)} entries (combined or "
+                                "timestep-ranged prompts); the Wan Express sampler takes exactly one")
+    context, extra = conditioning[0]
+    carried = [key for key in _CORE_IMAGE_KEYS if key in extra]
+    if carried:
+        raise InvalidInputError(f"the {name} conditioning carries core image conditioning ({', '.join(carried)}, "
+                                "e.g. from WanImageToVideo); connect the image to the sampler's start_image instead")
+    if context.shape[0] != 1:
+        raise InvalidInputError(f"the {name} conditioning is a batch of {context.shape[0]}; use one prompt")
     if context.shape[1] > TEXT_LEN:
         if context[:, TEXT_LEN:].abs().max() > 0:
             raise InvalidInputError(f"the {name} prompt is longer than 512 tokens; Wan models read at most 512")
@@ -24,9 +41,15 @@ def context_of(conditioning, name: str) -> torch.Tensor:
     return context.float()
 
 
-def image_of(image: torch.Tensor) -> torch.Tensor:
-    """Core IMAGE [N, H, W, 3] in [0, 1] -> the first frame as [3, H, W] in [-1, 1]."""
-    return image[0].permute(2, 0, 1).float() * 2 - 1
+def image_of(image: torch.Tensor, index: int) -> torch.Tensor:
+    """Core IMAGE [N, H, W, C] in [0, 1] -> frame ``index`` as [3, H, W] in [-1, 1] (alpha dropped)."""
+    return image[index, :, :, :3].permute(2, 0, 1).float() * 2 - 1
+
+
+def clip_features(clip_vision_output, positive) -> torch.Tensor | None:
+    """CLIP tokens [1, 257·n, 1280] from the socket, else from a ``clip_vision_output`` core put in the positive."""
+    output = clip_vision_output if clip_vision_output is not None else positive[0][1].get("clip_vision_output")
+    return None if output is None else output.penultimate_hidden_states.float()
 
 
 def offload_hook(device):
@@ -66,7 +89,7 @@ class WanExpressSampler:
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Video width (I2V: the area width x height sets the size; the image "
                                              "sets the aspect)."}),
-                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height."}),
                 "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
                                    "tooltip": "Frames, 1 + 4k (81 = 5 s at 16 fps)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
@@ -98,16 +121,27 @@ class WanExpressSampler:
         config = models[0].config
         context = context_of(positive, "positive")
         negative_context = None if negative is None else context_of(negative, "negative")
-        clip_fea = None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states.float()
+        clip_fea = clip_features(clip_vision_output, positive)
+        if clip_fea is not None and not config.clip_branch:
+            log.warning("this %s model has no CLIP branch (Wan2.2 / TI2V); the CLIP vision output is not used",
+                        config.model_type)
+            clip_fea = None
         conditioning = self._conditioning(config, vae, context, negative_context, clip_fea, start_image, end_image,
                                           width, height, length)
         if schedule == "distill":
             plan = DistillSchedule(parse_step_list(denoising_step_list), shift=shift, cfg=cfg)
         else:
             plan = (FlowUniPC if schedule == "unipc" else FlowEuler)(steps=steps, shift=shift, cfg=cfg)
-        hook = offload_hook(host.torch_device()) if len(models) == 2 and offload_idle_expert else None
+        device = host.torch_device()
+        host.free_gpu_memory()
+        if len(models) == 2 and offload_idle_expert:
+            hook = offload_hook(device)
+        else:  # a cached pair may still be split between CPU and GPU by an earlier offloading run
+            hook = None
+            for model in models:
+                model.to(device)
         latent = sample(models if len(models) == 2 else models[0], conditioning, schedule=plan, seed=seed,
-                        noise_source=noise_source, progress=host.progress_callback(plan.num_steps),
+                        noise_source=noise_source, device=device, progress=host.progress_callback(plan.num_steps),
                         interrupt=host.interrupt_check(), expert_hook=hook)
         return ({"samples": to_raw(latent).cpu()},)
 
@@ -115,8 +149,13 @@ class WanExpressSampler:
     def _conditioning(config, vae, context, negative_context, clip_fea, start_image, end_image, width, height,
                       length):
         if config.clip_branch and clip_fea is None and start_image is not None:
-            raise InvalidInputError("this Wan2.1 image model needs clip_vision_output (CLIP vision encode of the "
-                                    "start image with clip_vision_h, crop none)")
+            raise InvalidInputError("this Wan2.1 image model needs clip_vision_output (Wan Express CLIP Vision "
+                                    "Encode of the start image, with the end image too for first-last-frame)")
+        if start_image is not None and not config.y_dim and config.model_type != "ti2v":
+            raise InvalidInputError(f"this {config.model_type} model generates from text only; it takes no "
+                                    "start_image (load an I2V, FLF2V or TI2V model for image input)")
+        if end_image is not None and config.model_type == "ti2v":
+            raise InvalidInputError("TI2V-5B conditions on one image; it takes no end_image")
         if start_image is None:
             if end_image is not None:
                 raise InvalidInputError("end_image needs a start_image (first-last-frame video)")
@@ -128,9 +167,9 @@ class WanExpressSampler:
         if vae is None:
             raise InvalidInputError("a start_image needs the vae input to encode it")
         area = width * height
-        first = image_of(start_image)
+        first = image_of(start_image, 0)
         if end_image is not None:
-            return first_last_to_video(vae, first, image_of(end_image), context, frames=length, max_area=area,
+            return first_last_to_video(vae, first, image_of(end_image, -1), context, frames=length, max_area=area,
                                        clip_fea=clip_fea, negative_context=negative_context)
         if config.model_type == "ti2v":
             return ti2v_image_to_video(vae, first, context, frames=length, max_area=area,

@@ -7,10 +7,11 @@ is exactly what the host passes between nodes. CONDITIONING and LATENT follow co
 import pytest
 import torch
 
-from wan_express.demo import write_model_folder
+from wan_express.demo import random_weights_, write_model_folder, write_vae
 from wan_express.errors import InvalidInputError
 from wan_express.loaders import find_components, load_dit, load_text_encoder, load_vae
-from wan_express.nodes.component_nodes import WanExpressTextEncode, WanExpressVAEDecode
+from wan_express.models import ClipVisionConfig, ClipVisionEncoder, WanConfig, WanDiT
+from wan_express.nodes.component_nodes import WanExpressCLIPVisionEncode, WanExpressTextEncode, WanExpressVAEDecode
 from wan_express.nodes.sampler_node import WanExpressSampler
 from wan_express.sampling import DistillSchedule, sample, text_to_video
 from wan_express.sampling.latent_space import to_normalized, to_raw
@@ -63,10 +64,48 @@ def test_raw_and_normalised_latents_round_trip_with_the_vae_statistics():
 def test_sampler_node_explains_missing_inputs(pipeline):
     (positive,) = WanExpressTextEncode().encode(pipeline["text_encoder"], "a cat")
     image = torch.rand(1, 64, 96, 3)
-    with pytest.raises(InvalidInputError, match="needs the vae"):
+    with pytest.raises(InvalidInputError, match="text only; it takes no start_image"):
         WanExpressSampler().generate(pipeline["dit"], positive, **SAMPLER_DEFAULTS, start_image=image)
+    with pytest.raises(InvalidInputError, match="needs the vae"):
+        WanExpressSampler().generate(image_dit("i2v"), positive, **SAMPLER_DEFAULTS, start_image=image)
+    with pytest.raises(InvalidInputError, match="holds 2 entries"):
+        WanExpressSampler().generate(pipeline["dit"], positive + positive, **SAMPLER_DEFAULTS)
+    with pytest.raises(InvalidInputError, match="concat_latent_image"):
+        WanExpressSampler().generate(pipeline["dit"], [[positive[0][0], {"concat_latent_image": image}]],
+                                     **SAMPLER_DEFAULTS)
     with pytest.raises(InvalidInputError, match="no negative context"):
         WanExpressSampler().generate(pipeline["dit"], positive, **{**SAMPLER_DEFAULTS, "cfg": 3.0})
     long_prompt = [[torch.ones(1, 600, 64), {}]]
     with pytest.raises(InvalidInputError, match="longer than 512 tokens"):
         WanExpressSampler().generate(pipeline["dit"], long_prompt, **SAMPLER_DEFAULTS)
+
+
+def image_dit(model_type: str) -> WanDiT:
+    in_dim, out_dim = {"i2v": (36, 16), "flf2v": (36, 16), "ti2v": (48, 48)}[model_type]
+    config = WanConfig(model_type, in_dim, out_dim, clip_branch=model_type == "flf2v", dim=256, ffn_dim=512,
+                       num_heads=2, num_layers=1, text_dim=64)
+    model = WanDiT(config)
+    random_weights_(model, 5)
+    return model.eval().requires_grad_(False)
+
+
+def test_image_models_run_through_the_nodes(pipeline, tmp_path):
+    (positive,) = WanExpressTextEncode().encode(pipeline["text_encoder"], "a cat")
+    start, end = torch.rand(1, 72, 120, 3), torch.rand(2, 72, 120, 3)
+    size = dict(SAMPLER_DEFAULTS, width=80, height=48)
+    (latent,) = WanExpressSampler().generate(image_dit("i2v"), positive, **size, vae=pipeline["vae"],
+                                             start_image=start)
+    assert latent["samples"].shape == (1, 16, 3, 6, 10)
+    # FLF2V: start and end CLIP tokens concatenated (514), the end image is the last frame of its batch
+    clip = ClipVisionEncoder(ClipVisionConfig(dim=1280, mlp_dim=256, num_heads=16, num_layers=2))
+    random_weights_(clip, 6)
+    (clip_output,) = WanExpressCLIPVisionEncode().encode(clip.eval(), start, end)
+    assert clip_output.penultimate_hidden_states.shape == (1, 514, 1280)
+    (latent,) = WanExpressSampler().generate(image_dit("flf2v"), positive, **size, vae=pipeline["vae"],
+                                             start_image=start, end_image=end, clip_vision_output=clip_output)
+    assert latent["samples"].shape == (1, 16, 3, 6, 10) and torch.isfinite(latent["samples"]).all()
+    # TI2V-5B: Wan2.2 VAE, first latent frame is the image's
+    vae22 = load_vae(write_vae(tmp_path / "wan22_vae.safetensors", "2.2"))
+    (latent,) = WanExpressSampler().generate(image_dit("ti2v"), positive, **dict(size, width=64, height=64),
+                                             vae=vae22, start_image=start)
+    assert latent["samples"].shape[1] == 48 and torch.isfinite(latent["samples"]).all()
