@@ -137,15 +137,17 @@ def run_demo(prompt: str = DEMO_PROMPT) -> str:
         vae = load_vae(parts.require("vae"))
         context = text_encoder.encode([prompt])[0][None]
         conditioning = text_to_video(context, width=96, height=64, frames=9)
-        latent = sample(model, conditioning, schedule=DistillSchedule(), seed=0)
+        schedule = DistillSchedule()
+        latent = sample(model, conditioning, schedule=schedule, seed=0)
         video = vae.decode(latent)
     if not torch.isfinite(video).all():
         raise RuntimeError("demo produced a non-finite video")
     cfg = model.config
     return (f"Wan Express demo: official folder (DiT shards + index + config.json, umT5 .pth + tokenizer, "
             f"Wan2.1_VAE.pth) -> WanDiT {cfg.model_type} dim {cfg.dim} x {cfg.num_layers} blocks\n"
-            f"prompt {prompt!r} -> context {tuple(context.shape)} -> 4-step distill sampling (timesteps 1000, "
-            f"937.5, 833.3, 625) -> latent {tuple(latent.shape)} -> VAE decode -> video {tuple(video.shape)}, "
+            f"prompt {prompt!r} -> context {tuple(context.shape)} -> {schedule.num_steps}-step distill sampling "
+            f"(timesteps {', '.join(f'{t:g}' for t in schedule.timesteps().tolist())}) -> latent "
+            f"{tuple(latent.shape)} -> VAE decode -> video {tuple(video.shape)}, "
             f"{time.perf_counter() - started:.2f} s on CPU")
 
 
