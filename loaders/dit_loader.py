@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -25,13 +25,13 @@ from .dit_writer import read_export_metadata
 from .folder_rules import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
 from .key_layouts import KeyLayout, detect_key_layout
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
-from .lora_apply import LoraSpec, load_loras, route_loras
+from .lora_apply import EXPERTS, LoraSpec, load_loras, route_loras
 from .lora_merge import AppliedLora, LoraPlan, merged_view
 from .pth_reader import read_pth
 from .quant_convert import dequantized, quantized
 from .quant_layouts import canonicalize
 from .safetensors_source import SafetensorsSource
-from .tensor_view import TensorView, view_of_tensors
+from .tensor_view import TensorEntry, TensorView, view_of_tensors
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "open_dit", "open_dit_pair", "open_unit",
            "read_unit", "resolve_target", "unsupported_model"]
@@ -108,7 +108,7 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 
 
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
-             *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+             *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
              ) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run.
@@ -121,6 +121,11 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
         quantization: ``"auto"`` keeps what the file holds (a LightX2V config's ``dit_quant_scheme`` applies);
             ``"bf16"`` runs unquantized (a quantized file is dequantized, on purpose); ``"fp8"`` / ``"int8"``
             quantize the attention and FFN linears per output channel at load (LightX2V converter semantics).
+        loras: LoRAs to merge at load, after a LightX2V config's own ``lora_configs``, the same way: into float
+            weights before any ``fp8`` / ``int8`` quantization (one rounding), into a quantized file's layers by
+            dequantize -> merge -> re-quantize with fresh scales of the layer's scheme. For an A14B pair each goes to
+            its ``expert``, else to the expert its file name names (``high_noise`` / ``low_noise`` / ``high`` /
+            ``low``), else to both; a single model takes every LoRA.
         device: where the weights go; tensors are converted one at a time.
         dtype: dtype of the float matmul weights (bf16 or fp32); fp32 islands stay fp32.
         ops_factory: builds the operations factory from the quantized-layer table.
@@ -132,6 +137,11 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     if quantization == "auto" and config_file is not None:
         quantization = config_file.quantization
     specs = [LoraSpec(c.path, c.strength, c.alpha, c.expert) for c in config_file.loras] if config_file else []
+    for spec in loras:
+        if spec.expert not in (None, *EXPERTS):
+            raise InvalidInputError(f"LoRA {spec.path}: expert {spec.expert!r} is not 'high', 'low' or None (the "
+                                    "file name decides, else both)")
+    specs += [dataclasses.replace(spec, path=Path(spec.path)) for spec in loras]
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
     pair_files = file if isinstance(file, tuple) else (None, None)
     single_file = None if isinstance(file, tuple) else file
@@ -154,7 +164,8 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
                  len(layers))
         tensors, layers = dequantized(tensors, layers), {}
     if loras:
-        tensors = merged_view(tensors, LoraPlan(loras, tensors.shapes(), source=source.name), layers)
+        plan = LoraPlan(loras, tensors.shapes(), source=source.name)
+        tensors = merged_view(_fp32_targets(tensors, plan.keys(), layers), plan, layers)
     if quantization in _CODES:
         tensors, layers = quantized(tensors, layers, _CODES[quantization])
     model = WanDiT.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
@@ -165,6 +176,17 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
              f", {source.role} noise" if source.role else "", cfg.model_type, cfg.dim, cfg.num_layers,
              "+".join(schemes), device)
     return model
+
+
+def _fp32_targets(view: TensorView, keys: list[str], layers: Mapping[str, QuantScheme]) -> TensorView:
+    """``view`` with the float tensors a LoRA changes read as fp32, so ``stored + delta`` is rounded once, by the
+    model's own cast or the online quantizer (as `merge_loras` on a built model), not first to a bf16 file's dtype."""
+    entries = dict(view.entries)
+    for key in keys:
+        entry = entries[key]
+        if key.removesuffix(".weight") not in layers and entry.dtype.is_floating_point:
+            entries[key] = TensorEntry(entry.shape, torch.float32, lambda read=entry.read: read().float())
+    return TensorView(entries, view.name)
 
 
 def lightx2v_config_of(path: Path) -> LightX2VConfig | None:

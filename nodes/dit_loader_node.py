@@ -1,14 +1,36 @@
-"""Node: load a Wan DiT (or a Wan2.2 A14B expert pair) from a model folder or single file."""
+"""Node: load a Wan DiT (or a Wan2.2 A14B expert pair) from a model folder or single file, with up to two LoRAs
+merged at load (e.g. LightX2V's 4-step distill LoRA, or its high-noise / low-noise pair for Wan2.2 A14B)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from ..loaders import load_dit
+from ..loaders.dit_loader import lightx2v_config_of, resolve_target
+from ..loaders.folder_rules import ModelPair
+from ..loaders.lora_apply import EXPERTS, LoraSpec
 from . import host
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 QUANTIZATION = ("auto", "fp8", "int8", "bf16")
+NO_LORA = "(none)"
+# auto: the file name's high_noise / low_noise (or high / low) token picks the Wan2.2 expert, else both.
+LORA_EXPERTS = ("auto", "high", "low", "both")
+LORA_SLOTS = ("lora", "lora_2")
+
+
+def _lora_inputs(slot: str) -> dict:
+    return {
+        slot: ([NO_LORA] + host.list_files("loras"), {"default": NO_LORA, "tooltip": "A LoRA from models/loras/, "
+               "merged into the weights at load (before fp8/int8 quantization, so the 4-step speed stays), e.g. "
+               "LightX2V's *_lora_rank64_lightx2v_4step*.safetensors distill LoRA."}),
+        f"{slot}_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+        f"{slot}_expert": (list(LORA_EXPERTS), {"default": "auto", "tooltip": "Wan2.2 A14B: which expert takes "
+                           "this LoRA. auto follows the file name (high_noise / low_noise), else both. Ignored "
+                           "for single models, which take every LoRA."}),
+    }
 
 
 class WanExpressDiTLoader:
@@ -18,7 +40,9 @@ class WanExpressDiTLoader:
     DESCRIPTION = ("Load a Wan DiT: an official folder from models/wan_express/ (config.json + shards, or a Wan2.2 "
                    "A14B folder with high_noise_model/ and low_noise_model/) or a single safetensors from "
                    "models/diffusion_models/ (LightX2V, ComfyUI or official names; BF16, FP8 or INT8). The "
-                   "architecture is read from the weights.")
+                   "architecture is read from the weights. Official (non-distilled) weights need LightX2V's "
+                   "4-step distill LoRA (lora / lora_2, from models/loras/) for the 4-step distill schedule; "
+                   "LightX2V's distilled model files need none.")
     RETURN_TYPES = ("WANEXPRESS_DIT",)
     RETURN_NAMES = ("dit",)
     OUTPUT_TOOLTIPS = ("The loaded Wan diffusion transformer (a high/low pair for Wan2.2 A14B folders).",)
@@ -39,9 +63,41 @@ class WanExpressDiTLoader:
                 "file": ("STRING", {"default": "", "tooltip": "Only for a folder holding several models (e.g. "
                                     "bf16 + fp8 + int8 side by side): the file name to load. Empty picks the "
                                     "only one."}),
+                **_lora_inputs("lora"),
+                **_lora_inputs("lora_2"),
             },
         }
 
-    def load(self, model: str, quantization: str, dtype: str, file: str = ""):
-        return (load_dit(host.resolve_model("diffusion_models", model), file=file.strip() or None, quantization=quantization,
-                         dtype=DTYPES[dtype], device=host.torch_device()),)
+    @classmethod
+    def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = "", **loras):
+        """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
+        the LoRAs it names, the chosen LoRAs), or an option does."""
+        path = host.resolve_model("diffusion_models", model)
+        target = resolve_target(path, file.strip() or None)
+        units = (target.high, target.low) if isinstance(target, ModelPair) else (target,)
+        config = lightx2v_config_of(path)
+        files = ([path] if path.is_file() else []) + [f for unit in units for f in (*unit.files, unit.config) if f]
+        files += [choice.path for choice in config.loras] if config else []
+        files += [host.resolve_file("loras", loras[slot]) for slot in LORA_SLOTS if loras.get(slot, NO_LORA) != NO_LORA]
+        stamps = [(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files]
+        return repr((stamps, quantization, dtype, file, sorted(loras.items())))
+
+    def load(self, model: str, quantization: str, dtype: str, file: str = "", lora: str = NO_LORA,
+             lora_strength: float = 1.0, lora_expert: str = "auto", lora_2: str = NO_LORA,
+             lora_2_strength: float = 1.0, lora_2_expert: str = "auto"):
+        path = host.resolve_model("diffusion_models", model)
+        file = file.strip() or None
+        pair = isinstance(resolve_target(path, file), ModelPair)
+        specs = [spec for name, strength, expert in ((lora, lora_strength, lora_expert),
+                                                     (lora_2, lora_2_strength, lora_2_expert)) if name != NO_LORA
+                 for spec in lora_specs(host.resolve_file("loras", name), strength, expert, pair)]
+        return (load_dit(path, file=file, quantization=quantization, loras=specs, dtype=DTYPES[dtype],
+                         device=host.torch_device()),)
+
+
+def lora_specs(path: Path, strength: float, expert: str, pair: bool) -> list[LoraSpec]:
+    """The node's LoRA choice as `LoraSpec`s: ``both`` on an A14B pair is one spec per expert (overriding a
+    high/low token in the file name); ``auto`` leaves the choice to the file name; a single model takes it once."""
+    if expert == "both" and pair:
+        return [LoraSpec(path, strength, expert=role) for role in EXPERTS]
+    return [LoraSpec(path, strength, expert=expert if expert in EXPERTS else None)]
