@@ -68,8 +68,9 @@ class ClipVisionConfig:
                    num_heads=dim // HEAD_DIM, num_layers=num_layers)
 
 
-class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32, result cast back to the input dtype (the official CLIP wrapper)."""
+class RoundTripLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and returned in the input dtype (the official CLIP wrapper); unlike the DiT's
+    `FP32LayerNorm`, which keeps the fp32 result."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).to(x.dtype)
@@ -93,9 +94,9 @@ class ClipAttention(nn.Module):
 class ClipBlock(nn.Module):
     def __init__(self, ops: TorchOps, config: ClipVisionConfig, name: str):
         super().__init__()
-        self.norm1 = FP32LayerNorm(config.dim, eps=config.eps)
+        self.norm1 = RoundTripLayerNorm(config.dim, eps=config.eps)
         self.attn = ClipAttention(ops, config, f"{name}.attn")
-        self.norm2 = FP32LayerNorm(config.dim, eps=config.eps)
+        self.norm2 = RoundTripLayerNorm(config.dim, eps=config.eps)
         # Sequential keeps the official names mlp.0 / mlp.2.
         self.mlp = nn.Sequential(ops.linear(config.dim, config.mlp_dim, name=f"{name}.mlp.0"), nn.GELU(),
                                  ops.linear(config.mlp_dim, config.dim, name=f"{name}.mlp.2"))
@@ -117,7 +118,7 @@ class ClipVisionEncoder(nn.Module):
         self.cls_embedding = nn.Parameter(torch.zeros(1, 1, config.dim))
         tokens = (config.image_size // config.patch_size) ** 2 + 1
         self.pos_embedding = nn.Parameter(torch.zeros(1, tokens, config.dim))
-        self.pre_norm = FP32LayerNorm(config.dim, eps=config.eps)
+        self.pre_norm = RoundTripLayerNorm(config.dim, eps=config.eps)
         # Wan takes the input of the last block: that block is never built.
         self.transformer = nn.Sequential(*(ClipBlock(ops, config, f"transformer.{i}")
                                            for i in range(config.num_layers - 1)))
