@@ -75,6 +75,10 @@ class SafetensorsSource(Mapping[str, torch.Tensor]):
         """key -> shape, from the headers only."""
         return {key: self._header_holding(key).tensors[key].shape for key in self._key_files}
 
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """key -> dtype, from the headers only."""
+        return {key: self._header_holding(key).tensors[key].dtype for key in self._key_files}
+
     def metadata(self) -> dict[str, str]:
         """The ``__metadata__`` entries of every file, merged (shards of one model carry the same ones)."""
         merged: dict[str, str] = {}

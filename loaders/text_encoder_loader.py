@@ -147,6 +147,8 @@ def canonical_text_encoder(tensors: Mapping[str, torch.Tensor], *, quantization:
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, not {quantization!r}")
     shapes = tensors.shapes() if hasattr(tensors, "shapes") else {k: tuple(t.shape) for k, t in tensors.items()}
+    # from the header where there is one: reading a weight only to learn its dtype would read the file twice
+    dtypes = tensors.dtypes() if hasattr(tensors, "dtypes") else {k: t.dtype for k, t in tensors.items()}
     names = {key: _official_name(key) for key in shapes if not IGNORED_KEYS.search(key)}
     # encoder.embed_tokens is an alias of shared in HF files; use it only when shared is absent.
     if "encoder.embed_tokens.weight" in names:
@@ -166,7 +168,7 @@ def canonical_text_encoder(tensors: Mapping[str, torch.Tensor], *, quantization:
         fetch = (lambda key=key: tensors[key])
         scale_key = scales.pop(layer, None) if name.endswith(".weight") else None
         if scale_key is not None:
-            scheme = _scheme_for(tensors[key].dtype, shapes[scale_key], shape[0])
+            scheme = _scheme_for(dtypes[key], shapes[scale_key], shape[0])
             if scheme is not None and BLOCK_LINEAR.search(layer):
                 layers[layer] = scheme
                 scale_shape = scheme.scale_shape(shape[0])
