@@ -91,8 +91,11 @@ class WanExpressDiTLoader:
         specs = [spec for name, strength, expert in ((lora, lora_strength, lora_expert),
                                                      (lora_2, lora_2_strength, lora_2_expert)) if name != NO_LORA
                  for spec in lora_specs(host.resolve_file("loras", name), strength, expert, pair)]
+        host.free_gpu_memory()
+        # A Wan2.2 pair waits in CPU memory: the sampler brings in the running expert (both, without offload), so
+        # two 14B experts never have to fit on the GPU at once.
         return (load_dit(path, file=file, quantization=quantization, loras=specs, dtype=DTYPES[dtype],
-                         device=host.torch_device()),)
+                         device="cpu" if pair else host.torch_device()),)
 
 
 def lora_specs(path: Path, strength: float, expert: str, pair: bool) -> list[LoraSpec]:
