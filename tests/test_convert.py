@@ -1,6 +1,7 @@
 """``convert``: offline merge + export to LightX2V bf16/FP8/INT8 and ComfyUI scaled-FP8 single files.
 
-Exported tensors are compared bit for bit with the online merge pushed through the same conversion, and the
+Exported tensors are compared bit for bit with the online `merge_loras` of the same LoRAs rounded the way each
+layout stores them (bf16, or `quantize_weight` for FP8/INT8), and the
 reloaded files run within the spec budgets of the online merge (networks.md §1.8: bf16 relative L2 <= 2e-2,
 W8A8 relative L2 <= 5e-2).
 """
@@ -23,7 +24,7 @@ from wan_express.loaders.dit_loader import load_dit, open_dit
 from wan_express.loaders.dit_writer import write_dit
 from wan_express.loaders.inspector import inspect
 from wan_express.loaders.lora_apply import LoraSpec, load_loras, merge_loras
-from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
+from wan_express.loaders.lora_merge import LoraPlan
 from wan_express.loaders.quant_convert import is_quantization_target
 
 from .test_lora_apply import extractor_lora, float_model, inputs, l2_error
@@ -63,13 +64,11 @@ def lora_args(specs):
 
 
 def online_float_merge(folder: Path, specs):
-    """The online merge of the same LoRAs: fp32 tensors, and the merged fp32 model."""
-    source = open_dit(folder)
-    loras = load_loras(specs)
-    view = MergedTensors(source.tensors, LoraPlan(loras, source.tensors.shapes()), source.layers, dequantize=True)
+    """The same LoRAs merged online into the fp32 model (`merge_loras`, not the export's lazy merge): its
+    tensors, and the model."""
     model = load_dit(folder, dtype=torch.float32)
-    merge_loras(model, loras)
-    return view, model
+    merge_loras(model, load_loras(specs))
+    return model.state_dict(), model
 
 
 @torch.no_grad()
