@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from wan_express.demo import random_weights_
-from wan_express.loaders.diffusers_keys import BLOCK_MODULES, BLOCK_PARAMETERS, TOP_MODULES, TOP_PARAMETERS
 from wan_express.models import WanConfig, WanDiT
+
+from .official_reference import official_to_diffusers
 
 TINY = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 FP8_MAX, INT8_MAX = 448.0, 127.0
@@ -125,25 +126,10 @@ def write_comfy_quant(path: Path, weights: dict, encoding: str, prefix: str = ""
     return save(out, path, metadata)
 
 
-def diffusers_name(key: str) -> str:
-    """Official -> diffusers, by inverting the loader's tables (formats.md §6.1)."""
-    top_params = {v: k for k, v in TOP_PARAMETERS.items()}
-    if key in top_params:
-        return top_params[key]
-    if key.startswith("blocks."):
-        _, index, rest = key.split(".", 2)
-        block_params = {v: k for k, v in BLOCK_PARAMETERS.items()}
-        if rest in block_params:
-            return f"blocks.{index}.{block_params[rest]}"
-        module, _, param = rest.rpartition(".")
-        return f"blocks.{index}.{ {v: k for k, v in BLOCK_MODULES.items()}[module]}.{param}"
-    module, _, param = key.rpartition(".")
-    return f"{ {v: k for k, v in TOP_MODULES.items()}[module]}.{param}"
-
-
 def write_diffusers(folder: Path, weights: dict) -> Path:
-    """diffusers ``transformer/`` folder: config.json + one ``diffusion_pytorch_model.safetensors``."""
-    save({diffusers_name(k): v for k, v in weights.items()}, folder / "diffusion_pytorch_model.safetensors")
+    """diffusers ``transformer/`` folder: config.json + one ``diffusion_pytorch_model.safetensors``; names from
+    the rule-by-rule table of the parity tests, independent of the loader's own table."""
+    save({official_to_diffusers(k): v for k, v in weights.items()}, folder / "diffusion_pytorch_model.safetensors")
     (folder / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel",
                                                     "_diffusers_version": "0.35.0", "num_layers": 2}))
     return folder

@@ -59,7 +59,7 @@ def official_wan_model(config, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _official_to_diffusers(key: str) -> str:
+def official_to_diffusers(key: str) -> str:
     """Official key -> diffusers key (spec formats.md §6.1), written out rule by rule."""
     top = {
         "time_embedding.0.": "condition_embedder.time_embedder.linear_1.",
@@ -108,6 +108,6 @@ def diffusers_wan_model(official_state_dict: dict, config) -> torch.nn.Module:
         image_dim=config.clip_dim if config.clip_branch else None,
         added_kv_proj_dim=config.dim if config.clip_branch else None,
         pos_embed_seq_len=config.image_tokens if config.model_type == "flf2v" else None)
-    converted = {_official_to_diffusers(k): v for k, v in official_state_dict.items()}
+    converted = {official_to_diffusers(k): v for k, v in official_state_dict.items()}
     model.load_state_dict(converted, strict=True)
     return model.eval()
