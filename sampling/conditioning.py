@@ -98,15 +98,6 @@ def frame_mask(frames: int, lat_h: int, lat_w: int, *, last_frame: bool = False)
     return mask[:, :, None, None].expand(4, latent_t, lat_h, lat_w).contiguous()
 
 
-def _vae_device(vae) -> torch.device:
-    """Where the VAE runs: its ``device`` attribute, else that of its first parameter, else the CPU."""
-    if getattr(vae, "device", None) is not None:
-        return torch.device(vae.device)
-    if isinstance(vae, torch.nn.Module):
-        return next(vae.parameters()).device
-    return torch.device("cpu")
-
-
 def _check_image(image: torch.Tensor, name: str) -> torch.Tensor:
     if image.dim() != 3 or image.shape[0] != 3:
         raise InvalidInputError(f"{name} must be an RGB tensor [3, H, W] in [-1, 1], got {tuple(image.shape)}")
@@ -120,7 +111,7 @@ def _bicubic(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _encode_with_mask(vae, video: torch.Tensor, frames: int, *, last_frame: bool) -> torch.Tensor:
     """VAE latent of `video` [3, F, h, w] with the 4-channel mask in front: y [1, 4 + z, T, lat_h, lat_w]."""
-    latent = vae.encode(video[None].to(_vae_device(vae)))
+    latent = vae.encode(video[None])  # the VAE moves its input to its own device
     mask = frame_mask(frames, latent.shape[3], latent.shape[4], last_frame=last_frame)
     return torch.cat([mask[None].to(latent), latent], dim=1)
 
@@ -217,6 +208,6 @@ def ti2v_image_to_video(vae, image: torch.Tensor, context: torch.Tensor, *, fram
     latent_t = latent_frames(frames, vae.stride[0])
     width, height = ti2v_output_size(image.shape[2], image.shape[1], max_area, vae.stride[1] * PATCH)
     pixels = ti2v_preprocess(image, width, height)
-    first_latent = vae.encode(pixels[None, :, None].to(_vae_device(vae)))
+    first_latent = vae.encode(pixels[None, :, None])
     shape = (vae.z_dim, latent_t, height // vae.stride[1], width // vae.stride[2])
     return Conditioning(context, shape, negative_context, first_latent=first_latent)

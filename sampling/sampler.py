@@ -111,7 +111,8 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
             timestep = conditioning.token_timesteps(timesteps[step:step + 1])
             velocity = _velocity(model, latent, timestep, conditioning, guidance[step],
                                  lambda: _check_interrupt(interrupt, step + 1, total))
-            preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)
+            if progress is not None:
+                preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)  # x0 estimate
             latent = conditioning.reimpose(solver.step(latent, velocity)).to(latent_dtype)
             if not torch.isfinite(latent).all():
                 raise NonFiniteLatentError(

@@ -32,12 +32,11 @@ def shift_sigmas(sigmas, shift: float):
 class EulerSolver:
     """Deterministic Euler on the velocity: `x0 = x − σᵢ·v`, `x = x0 + σᵢ₊₁·v` (σ_N = 0 gives x0).
 
-    The update runs in fp32; the result is stored in `latent_dtype` (bf16 reproduces LightX2V's rounding).
+    The update runs and returns fp32; the sampling loop stores the latent in the schedule's `latent_dtype`.
     """
 
-    def __init__(self, sigmas: list[float], latent_dtype: torch.dtype = torch.float32):
+    def __init__(self, sigmas: list[float]):
         self.sigmas = sigmas
-        self.latent_dtype = latent_dtype
         self.index = 0
 
     def step(self, sample: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
@@ -47,7 +46,7 @@ class EulerSolver:
         x0 = sample.float() - sigma * velocity
         self.index += 1
         updated = x0 if sigma_next == 0 else x0 + sigma_next * velocity
-        return updated.to(self.latent_dtype)
+        return updated
 
 
 def _check_guidance(*scales: float | None) -> None:
@@ -104,7 +103,7 @@ class DistillSchedule:
         return self.sigmas()[:-1] * NUM_TRAIN_TIMESTEPS
 
     def solver(self) -> EulerSolver:
-        return EulerSolver(self.sigmas().tolist(), self.latent_dtype)
+        return EulerSolver(self.sigmas().tolist())
 
     def guidance(self, expert: int) -> float:
         return self.cfg
