@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -269,35 +269,32 @@ class WanDiT(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], config: WanConfig | Mapping[str, Any] | None = None,
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], config: WanConfig | None = None,
                         dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                         ops: TorchOps | None = None, source: str = "state dict") -> "WanDiT":
         """Build a model from official-named tensors, strictly.
 
         Args:
             state_dict: key -> tensor; may be a lazy mapping (tensors are fetched and converted one at a time).
-            config: a `WanConfig`, an official ``config.json`` dict, or None to infer it from the shapes.
+            config: the architecture, or None to infer it from the shapes (`WanConfig.from_json` reads a
+                ``config.json``).
             dtype: compute dtype of the matmul weights (fp32 or bf16); fp32 islands stay fp32.
             device: where the weights go.
             ops: operations factory (default: plain PyTorch).
             source: file or folder name for error messages.
         """
         shapes = tensor_shapes(state_dict)
-        inferred = WanConfig.infer(shapes, source=source)
         if config is None:
-            config = inferred
-        elif not isinstance(config, WanConfig):
-            config = WanConfig.from_json(config, clip_branch=inferred.clip_branch, source=source)
+            config = WanConfig.infer(shapes, source=source)
         with torch.device("meta"):
             model = cls(config, ops=ops)
-        model.load_weights(state_dict, dtype=dtype, device=device, source=source)
+        model._load_weights(state_dict, shapes, dtype=dtype, device=device, source=source)
         return model
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor], *, dtype: torch.dtype,
-                     device: torch.device | str, source: str) -> None:
+    def _load_weights(self, state_dict: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], *,
+                      dtype: torch.dtype, device: torch.device | str, source: str) -> None:
         """Check keys and shapes against the model, then convert and assign tensors one by one."""
         expected = self.state_dict(keep_vars=True)
-        shapes = tensor_shapes(state_dict)
         missing = [k for k in expected if k not in shapes]
         unexpected = [k for k in shapes if k not in expected]
         wrong_shape = [f"{k}: file {shapes[k]}, model {tuple(expected[k].shape)}"
