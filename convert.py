@@ -21,7 +21,7 @@ from .loaders.dit_loader import open_dit
 from .loaders.dit_writer import EXPORT_FORMATS, write_dit
 from .loaders.lora_apply import LoraSpec, load_loras
 from .loaders.lora_merge import LoraPlan, MergedTensors
-from .models.wan_dit import tensor_shapes
+from .loaders.quant_convert import dequantized
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     base = open_dit(args.base)
     loras = load_loras(args.lora)
-    plan = LoraPlan(loras, tensor_shapes(base.tensors), source=base.name)
-    merged = MergedTensors(base.tensors, plan, base.layers, dequantize=True)
+    plan = LoraPlan(loras, base.tensors.shapes(), source=base.name)
+    merged = MergedTensors(dequantized(base.tensors, base.layers), plan)  # fp32 weights; the export quantizes
     export = EXPORT_FORMATS[args.layout]
     metadata = {
         "source": args.base.name,

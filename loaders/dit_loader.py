@@ -95,16 +95,23 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 
     ``high_file`` / ``low_file`` name the model inside an expert folder that holds several.
     """
-    path = Path(path)
+    pair = _resolve_pair(Path(path), high_file, low_file)
+    return open_unit(pair.high), open_unit(pair.low)
+
+
+def _resolve_pair(path: Path, high_file: str | None, low_file: str | None,
+                  config: LightX2VConfig | None = None) -> ModelPair:
+    """The expert files of an A14B folder (``high_file`` / ``low_file`` pick inside each expert folder) or of a
+    LightX2V config (``config``: the one already read from ``path``, else it is read here)."""
     experts = pair_folders(path) if path.is_dir() else None
     if experts is not None:
         pair = ModelPair(path, resolve(experts[0], high_file, role="high"), resolve(experts[1], low_file, role="low"))
     else:
-        pair = resolve_target(path, None)
+        pair = resolve_target(path, None, config)
     if not isinstance(pair, ModelPair):
         raise ModelFormatError(f"{path}: not a Wan2.2 A14B model (expected high_noise_model/ and low_noise_model/ "
                                "subfolders, or a LightX2V config with high_/low_noise checkpoints); use open_dit")
-    return open_unit(pair.high), open_unit(pair.low)
+    return pair
 
 
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
@@ -136,7 +143,7 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     config_file = lightx2v_config_of(path)
     if quantization == "auto" and config_file is not None:
         quantization = config_file.quantization
-    specs = [LoraSpec(c.path, c.strength, c.alpha, c.expert) for c in config_file.loras] if config_file else []
+    specs = list(config_file.loras) if config_file else []
     for spec in loras:
         if spec.expert not in (None, *EXPERTS):
             raise InvalidInputError(f"LoRA {spec.path}: expert {spec.expert!r} is not 'high', 'low' or None (the "
@@ -145,9 +152,10 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
     pair_files = file if isinstance(file, tuple) else (None, None)
     single_file = None if isinstance(file, tuple) else file
-    target = resolve_target(path, single_file) if not any(pair_files) else None
-    if target is None or isinstance(target, ModelPair):
-        high, low = open_dit_pair(path, *pair_files)
+    target = (_resolve_pair(path, *pair_files, config_file) if any(pair_files)
+              else resolve_target(path, single_file, config_file))
+    if isinstance(target, ModelPair):
+        high, low = open_unit(target.high), open_unit(target.low)
         routed = route_loras(specs)
         return tuple(_build(source, quantization, device, dtype, ops_factory, [applied[s] for s in routed[role]])
                      for source, role in ((high, "high"), (low, "low")))
@@ -203,9 +211,14 @@ def lightx2v_config_of(path: Path) -> LightX2VConfig | None:
     return read_lightx2v_config(path)
 
 
-def resolve_target(path: Path, file: str | None) -> ModelUnit | ModelPair:
-    """The files behind a path, following a LightX2V config's selection when the path is one."""
-    config = lightx2v_config_of(path)
+def resolve_target(path: Path, file: str | None, config: LightX2VConfig | None = None) -> ModelUnit | ModelPair:
+    """The files behind a path, following a LightX2V config's selection when the path is one.
+
+    ``config``: the config already read from ``path`` (`lightx2v_config_of`), so it is not read again; None reads
+    it here when ``path`` is one.
+    """
+    if config is None:
+        config = lightx2v_config_of(path)
     if config is None:
         return resolve(path, file)
     if config.high is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Mapping
@@ -92,10 +93,7 @@ class _Planned:
 
     @property
     def nbytes(self) -> int:
-        numel = 1
-        for size in self.shape:
-            numel *= size
-        return numel * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _plan(shapes: Mapping[str, tuple[int, ...]], export: ExportFormat) -> tuple[dict[str, list[_Planned]], int]:

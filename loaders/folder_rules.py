@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import MissingComponentError, ModelFormatError, UnsupportedModelError
 from .dit_formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, ROLE_PATTERN
+from .key_layouts import find_prefix
 from .safetensors_header import read_header
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -180,8 +181,7 @@ def _is_dit_file(path: Path) -> bool:
         keys = read_header(path).tensors
     except ModelFormatError:
         return True  # a broken model file is still a candidate: loading it reports the problem
-    anchors = ANCHOR_KEYS + DIFFUSERS_ANCHOR_KEYS
-    return any(key == a or key.endswith("." + a) for key in keys for a in anchors)
+    return find_prefix(keys, ANCHOR_KEYS + DIFFUSERS_ANCHOR_KEYS) is not None
 
 
 def candidates(folder: Path) -> list[Path]:

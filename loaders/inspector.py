@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def _model_report(unit: ModelUnit) -> dict[str, Any]:
 
 def _source_report(source: DitSource) -> dict[str, Any]:
     config = source.config
-    parameters = sum(_numel(shape) for key, shape in source.tensors.shapes().items()
+    parameters = sum(math.prod(shape) for key, shape in source.tensors.shapes().items()
                      if not key.endswith(".weight_scale"))
     quant = source.details["quantization"]
     return {
@@ -114,13 +115,6 @@ def _source_report(source: DitSource) -> dict[str, Any]:
         "parameters": parameters,
         "export": source.details["export"],
     }
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _precision(quant: dict[str, Any]) -> str:

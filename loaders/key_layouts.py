@@ -7,7 +7,7 @@ Files that are another component (LoRA, VAE, text or CLIP encoder) are refused h
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Collection, Iterable
 
 from ..errors import ModelFormatError
 from .diffusers_keys import official_key
@@ -31,7 +31,9 @@ class KeyLayout:
     ignored: list[str]
 
 
-def _find_prefix(keys: list[str], anchors: Iterable[str]) -> str | None:
+def find_prefix(keys: Collection[str], anchors: Iterable[str]) -> str | None:
+    """What precedes the first anchor found among ``keys`` (an anchor is a whole key or a dotted key suffix), or
+    None when no anchor is there."""
     for anchor in anchors:
         for key in keys:
             if key == anchor or key.endswith("." + anchor):
@@ -58,9 +60,9 @@ def detect_key_layout(keys: Iterable[str], source: str) -> KeyLayout:
             keys map to the same official name.
     """
     keys = list(keys)
-    prefix, diffusers = _find_prefix(keys, ANCHOR_KEYS), False
+    prefix, diffusers = find_prefix(keys, ANCHOR_KEYS), False
     if prefix is None:
-        prefix, diffusers = _find_prefix(keys, DIFFUSERS_ANCHOR_KEYS), True
+        prefix, diffusers = find_prefix(keys, DIFFUSERS_ANCHOR_KEYS), True
     if prefix is None:
         raise not_a_dit_error(keys, source)
     names: dict[str, str] = {}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .lora_apply import LoraSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,6 @@ LORA_EXPERTS = {"high_noise_model": "high", "low_noise_model": "low"}
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraChoice:
-    """One ``lora_configs`` entry: ``alpha`` None means the file's own; ``expert`` is "high"/"low"/None (both)."""
-
-    path: Path
-    strength: float = 1.0
-    alpha: float | None = None
-    expert: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class LightX2VConfig:
     """What a LightX2V config selects.
 
@@ -56,7 +47,7 @@ class LightX2VConfig:
         model_path: the model folder (used when no checkpoint key is given).
         quantization: ``"auto"`` (use the file as it is), ``"fp8"`` or ``"int8"``.
         quant_scheme: the LightX2V scheme name, e.g. ``"fp8-sgl"``.
-        loras: the ``lora_configs`` entries.
+        loras: the ``lora_configs`` entries (``name`` high_/low_noise_model -> ``expert`` "high"/"low").
         sampling: the sampling keys present (``denoising_step_list``, ``sample_shift``, ``boundary_step_index``,
             ``sample_guide_scale``), as given.
         unknown_keys: keys Wan Express does not use.
@@ -69,7 +60,7 @@ class LightX2VConfig:
     model_path: Path | None
     quantization: str
     quant_scheme: str | None
-    loras: list[LoraChoice]
+    loras: list[LoraSpec]
     sampling: dict[str, Any]
     unknown_keys: list[str]
 
@@ -134,7 +125,8 @@ def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
     return config
 
 
-def _loras(entries: object, base: Path, path: Path) -> list[LoraChoice]:
+def _loras(entries: object, base: Path, path: Path) -> list[LoraSpec]:
+    """``lora_configs`` entries ``{path, strength=1.0, alpha=null, name}`` -> `LoraSpec` (path relative to ``base``)."""
     if not isinstance(entries, list):
         raise ModelFormatError(f"{path}: lora_configs must be a list of {{path, strength, alpha, name}} objects")
     loras = []
@@ -150,5 +142,5 @@ def _loras(entries: object, base: Path, path: Path) -> list[LoraChoice]:
             alpha = None if entry.get("alpha") is None else float(entry["alpha"])
         except (TypeError, ValueError):
             raise ModelFormatError(f"{path}: lora_configs[{i}] strength/alpha must be numbers") from None
-        loras.append(LoraChoice(base / entry["path"], strength, alpha, LORA_EXPERTS.get(name)))
+        loras.append(LoraSpec(base / entry["path"], strength, alpha, LORA_EXPERTS.get(name)))
     return loras

@@ -5,7 +5,8 @@
 - `attach_loras(model, loras) -> LoraAttachment`: no linear weight changes; every linear a LoRA touches becomes a
   `LoraLinear` with side branches (mode (b)); biases, norms, modulation and conv deltas are written into their
   tensors and recomputed from the originals when a strength changes. `detach()` restores the model.
-- `LoraSpec` / `route_loras` / `load_loras`: LightX2V ``lora_configs`` entries and Wan2.2 per-expert routing.
+- `LoraSpec` / `route_loras` / `load_loras`: the LoRAs asked for (a LightX2V config's ``lora_configs`` become
+  `LoraSpec`s in `lightx2v_config`) and Wan2.2 per-expert routing.
 """
 
 from __future__ import annotations
@@ -15,22 +16,19 @@ import logging
 import re
 import weakref
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import IncompatibleLoraError, InvalidInputError
+from ..errors import IncompatibleLoraError
 from ..kernels.lora_linear import LoraBranch, LoraLinear, branch_dtype
 from ..kernels.ops import TorchOps
-from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantLinear
 from .lora_format import LoraFile, read_lora
-from .lora_merge import AppliedLora, LoraPlan, merged_float
+from .lora_merge import AppliedLora, LoraPlan, merged_float, merged_quantized
 
 EXPERTS = ("high", "low")
-# LightX2V's lora_configs "name" values -> expert role.
-CONFIG_EXPERT_NAMES = {"high_noise_model": "high", "low_noise_model": "low"}
 # File-name tokens that route a LoRA to one expert, most specific first: "high_noise" / "low-noise" / "highnoise",
 # then a standalone "high" / "low" between non-alphanumerics ("..._HIGH_fp16" but not "highres" or "lowrank").
 _FILE_EXPERT_TOKENS = (
@@ -68,19 +66,6 @@ class LoraSpec:
     strength: float = 1.0
     alpha: float | None = None
     expert: str | None = None
-
-    @classmethod
-    def from_config(cls, entry: Mapping) -> "LoraSpec":
-        """One LightX2V ``lora_configs`` entry: ``{path, strength=1.0, alpha=null, name}``."""
-        if "path" not in entry:
-            raise InvalidInputError(f"lora_configs entry {dict(entry)} has no 'path'")
-        name = entry.get("name")
-        if name is not None and name not in CONFIG_EXPERT_NAMES:
-            raise InvalidInputError(f"lora_configs entry for {entry['path']}: name {name!r} is not one of "
-                                    f"{', '.join(CONFIG_EXPERT_NAMES)}")
-        alpha = entry.get("alpha")
-        return cls(Path(entry["path"]), float(entry.get("strength", 1.0)), None if alpha is None else float(alpha),
-                   CONFIG_EXPERT_NAMES.get(name))
 
 
 def expert_of(spec: LoraSpec) -> tuple[str | None, str]:
@@ -143,8 +128,8 @@ def merge_loras(model: nn.Module, loras: Sequence[AppliedLora]) -> None:
     for key in plan.keys():
         module = modules.get(key.removesuffix(".weight"))
         if key.endswith(".weight") and isinstance(module, QuantLinear):
-            weight = module.dequantized_weight()
-            codes, scale = quantize_weight(weight + plan.delta(key, weight.device), module.scheme)
+            codes, scale = merged_quantized(module.weight, module.weight_scale, module.scheme,
+                                            plan.delta(key, module.weight.device))
             module.weight.copy_(codes)
             module.weight_scale.copy_(scale)
         else:

@@ -197,17 +197,16 @@ class MergedTensors(Mapping[str, torch.Tensor]):
         base: official key -> tensor (lazy mapping welcome), quantized layers in canonical form
             (``<layer>.weight`` codes + ``<layer>.weight_scale``).
         plan: the LoRA plan, matched against ``base``'s shapes.
-        layers: quantized layer name (no ``.weight``) -> scheme, as the loader detected them.
-        dequantize: False: quantized layers stay quantized (merged layers re-quantized), for building a model.
-            True: every layer comes out as an fp32 weight and the ``weight_scale`` keys disappear, for export.
+        layers: quantized layer name (no ``.weight``) -> scheme, as the loader detected them; they stay quantized
+            (merged layers re-quantized). For fp32 weights throughout (export), pass `quant_convert.dequantized`
+            tensors and no layers.
     """
 
     def __init__(self, base: Mapping[str, torch.Tensor], plan: LoraPlan,
-                 layers: Mapping[str, QuantScheme] | None = None, dequantize: bool = False):
-        self.base, self.plan, self.layers, self.dequantize = base, plan, dict(layers or {}), dequantize
+                 layers: Mapping[str, QuantScheme] | None = None):
+        self.base, self.plan, self.layers = base, plan, dict(layers or {})
         self.name = getattr(base, "name", "state dict")
-        scale_keys = {f"{layer}.weight_scale" for layer in self.layers} if dequantize else set()
-        self._keys = [key for key in base if key not in scale_keys]
+        self._keys = list(base)
         self._last: tuple[str, torch.Tensor, torch.Tensor] | None = None  # the pair of the last re-quantized layer
 
     def __iter__(self) -> Iterator[str]:
@@ -236,10 +235,6 @@ class MergedTensors(Mapping[str, torch.Tensor]):
             delta = self.plan.delta(key)
             return tensor if delta is None else merged_float(tensor, delta)
         weight_key = f"{layer}.weight"
-        if self.dequantize:
-            weight = self.base[weight_key].float() * self.base[f"{layer}.weight_scale"].float()
-            delta = self.plan.delta(weight_key)
-            return weight if delta is None else weight + delta
         if weight_key not in self.plan:
             return self.base[key]
         if self._last is None or self._last[0] != layer:

@@ -42,9 +42,9 @@ def is_quantization_target(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and parts[-1] == "weight" and len(parts) > 2 and parts[2] in QUANTIZED_PARTS
 
 
-class _LastLayer:
+class LastLayerQuantizer:
     """Quantizes one layer once although its codes and scale are fetched separately (the model reads them in a
-    row); holds only the most recent layer."""
+    row); holds only the most recent layer. ``part``: 0 the codes, 1 the scale."""
 
     def __init__(self):
         self.layer: str | None = None
@@ -74,7 +74,7 @@ def quantized(view: TensorView, layers: Mapping[str, QuantScheme], codes: str,
         log.warning("%s: re-quantizing %d %s layers to %s (dequantize, then quantize per channel)", view.name,
                     len(requantized), layers[requantized[0]].codes, codes)
     scheme = QuantScheme(codes, "channel")
-    cache = _LastLayer()
+    cache = LastLayerQuantizer()
     entries, table = {}, {k: v for k, v in layers.items() if v.codes == codes}
     for name, entry in source.entries.items():
         layer, _, part = name.rpartition(".")

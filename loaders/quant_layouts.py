@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from typing import Any, Mapping
 
@@ -65,9 +66,6 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
     names = layout.names
     shapes, dtypes = raw.shapes(), raw.dtypes()
 
-    def stored(name: str) -> str:
-        return names[name]
-
     comfy = _comfy_formats(raw, metadata, layout, source)
     marker = _marker(raw, names, source)
     dropped = {name for name in names if name == SCALED_FP8_MARKER or name.endswith("." + COMFY_QUANT_SUFFIX)
@@ -77,7 +75,7 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
         layer, _, suffix = name.rpartition(".")
         if suffix in SCALE_SUFFIXES and name not in dropped:
             if f"{layer}.weight" not in names:
-                raise ModelFormatError(f"{source}: scale {stored(name)!r} has no weight {layer + '.weight'!r}")
+                raise ModelFormatError(f"{source}: scale {names[name]!r} has no weight {layer + '.weight'!r}")
             scale_of.setdefault(layer, name)
 
     layers: dict[str, QuantScheme] = {}
@@ -87,7 +85,7 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
         layer, _, suffix = name.rpartition(".")
         if suffix != "weight" or name in dropped:
             continue
-        dtype, shape = dtypes[stored(name)], shapes[stored(name)]
+        dtype, shape = dtypes[names[name]], shapes[names[name]]
         scale = scale_of.get(layer)
         if layer in comfy:
             codes = COMFY_FORMATS.get(comfy[layer])
@@ -100,43 +98,43 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
                 continue  # a fully-cast file's fp8 norm / conv weight: a narrow float, widened below
             codes = CODES_OF_DTYPE[dtype]
         elif dtype in _FLOAT8:
-            raise UnsupportedModelError(f"{source}: {stored(name)!r} is {dtype}; only float8_e4m3fn and int8 "
+            raise UnsupportedModelError(f"{source}: {names[name]!r} is {dtype}; only float8_e4m3fn and int8 "
                                         "quantized weights are supported")
         elif scale is not None:
-            raise ModelFormatError(f"{source}: {stored(name)!r} has the scale {stored(scale)!r} but is {dtype}, "
+            raise ModelFormatError(f"{source}: {names[name]!r} has the scale {names[scale]!r} but is {dtype}, "
                                    "not FP8 or INT8 codes")
         else:
             continue
         if dtype != CODE_DTYPES[codes] or len(shape) != 2:
-            raise ModelFormatError(f"{source}: {stored(name)!r} is {dtype} {list(shape)}; a {codes} layer needs "
+            raise ModelFormatError(f"{source}: {names[name]!r} is {dtype} {list(shape)}; a {codes} layer needs "
                                    f"{CODE_DTYPES[codes]} codes of shape [out, in]")
         if scale is None:
             # Only a file with no scales at all is "plain fp8" (scale 1); one missing scale means a broken file.
             if codes != "fp8_e4m3" or layer in comfy or scale_of:
-                raise ModelFormatError(f"{source}: quantized weight {stored(name)!r} has no scale "
+                raise ModelFormatError(f"{source}: quantized weight {names[name]!r} has no scale "
                                        f"({layer}.weight_scale); the file is incomplete")
             unscaled += 1
             layers[layer] = QuantScheme(codes, "tensor")
             scale_entries[layer] = TensorEntry((1, 1), torch.float32, lambda: torch.ones(1, 1))
             continue
-        granularity, scale_shape = _granularity(shapes[stored(scale)], shape[0], stored(scale), source)
+        granularity, scale_shape = _granularity(shapes[names[scale]], shape[0], names[scale], source)
         layers[layer] = QuantScheme(codes, granularity)
-        scale_entries[layer] = TensorEntry(scale_shape, torch.float32, lambda key=stored(scale), to=scale_shape:
+        scale_entries[layer] = TensorEntry(scale_shape, torch.float32, lambda key=names[scale], to=scale_shape:
                                            raw[key].to(torch.float32).reshape(to))
 
     entries: dict[str, TensorEntry] = {}
     for name in names:
         layer = name.rpartition(".")[0]
-        if name in dropped or scale_of.get(layer) == name or (name.rpartition(".")[2] in SCALE_SUFFIXES):
+        if name in dropped or name.rpartition(".")[2] in SCALE_SUFFIXES:
             continue
-        entry = raw.entries[stored(name)]
+        entry = raw.entries[names[name]]
         if layer in layers and name == f"{layer}.weight":
             entries[name] = entry
             entries[f"{layer}.weight_scale"] = scale_entries[layer]
         elif entry.dtype in _FLOAT8:  # float8 non-linear tensors (fully-cast files) are just narrow floats
             entries[name] = TensorEntry(entry.shape, torch.float32, lambda read=entry.read: read().float())
         elif not entry.dtype.is_floating_point:
-            raise ModelFormatError(f"{source}: {stored(name)!r} is {entry.dtype} but is not a quantized linear "
+            raise ModelFormatError(f"{source}: {names[name]!r} is {entry.dtype} but is not a quantized linear "
                                    "weight with a scale")
         else:
             entries[name] = entry
@@ -147,10 +145,7 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
 
 
 def _granularity(scale_shape: tuple[int, ...], out_features: int, key: str, source: str):
-    numel = 1
-    for size in scale_shape:
-        numel *= size
-    if numel == 1:
+    if math.prod(scale_shape) == 1:
         return "tensor", (1, 1)
     if tuple(scale_shape) in ((out_features, 1), (out_features,)):
         return "channel", (out_features, 1)
@@ -188,9 +183,7 @@ def _marker(raw: TensorView, names: Mapping[str, str], source: str) -> dict[str,
     if entry.dtype == torch.float8_e5m2:
         raise UnsupportedModelError(f"{source}: the {SCALED_FP8_MARKER} marker is float8_e5m2; only e4m3fn "
                                     "scaled FP8 files are supported")
-    elements = 1
-    for size in entry.shape:
-        elements *= size
+    elements = math.prod(entry.shape)
     # Two elements ask ComfyUI for "full precision matrix mult" (dequantize, then bf16 matmul).
     return {"elements": elements, "dtype": str(entry.dtype).removeprefix("torch."),
             "full_precision_matmul": elements == 2}

@@ -1,7 +1,8 @@
 """Lazy, read-only access to the tensors of one or more safetensors files (shards) under one key space.
 
-`SafetensorsSource` validates every header it opens (`safetensors_header`), answers shapes, dtypes and metadata
-from the headers alone, and reads a tensor only when it is asked for, so a model is built one tensor at a time.
+`SafetensorsSource` validates every header it opens (`safetensors_header`), answers shapes and metadata (and, through
+`view()`, dtypes) from the headers alone, and reads a tensor only when it is asked for, so a model is built one
+tensor at a time.
 """
 
 from __future__ import annotations
@@ -74,10 +75,6 @@ class SafetensorsSource(Mapping[str, torch.Tensor]):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """key -> shape, from the headers only."""
         return {key: self._header_holding(key).tensors[key].shape for key in self._key_files}
-
-    def dtypes(self) -> dict[str, torch.dtype]:
-        """key -> dtype, from the headers only."""
-        return {key: self._header_holding(key).tensors[key].dtype for key in self._key_files}
 
     def metadata(self) -> dict[str, str]:
         """The ``__metadata__`` entries of every file, merged (shards of one model carry the same ones)."""

@@ -12,17 +12,18 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import torch
 
 from ..errors import MissingComponentError, ModelFormatError, WanExpressError
-from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
+from .dit_formats import CODES_OF_DTYPE
 from .pth_reader import read_pth
+from .quant_convert import LastLayerQuantizer
 from .safetensors_source import SafetensorsSource
+from .tensor_view import TensorEntry, TensorView, view_of_tensors
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +101,6 @@ class UMT5Tokenizer:
         return ids, mask
 
 
-class _CanonicalTensors(Mapping[str, torch.Tensor]):
-    """Lazy official-named view of a file: key -> (shape, fetch). Tensors are produced one at a time on request."""
-
-    def __init__(self, entries: dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]):
-        self._entries = entries
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._entries[key][1]()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {key: shape for key, (shape, _) in self._entries.items()}
-
-
 def _official_name(key: str) -> str:
     for pattern, replacement in _HF_RULES:
         if pattern.search(key):
@@ -128,27 +110,25 @@ def _official_name(key: str) -> str:
 
 def _scheme_for(codes_dtype: torch.dtype, scale_shape: tuple[int, ...], rows: int) -> QuantScheme | None:
     """The canonical scheme of a stored (codes, scale) pair; None where the codes have no canonical form."""
-    codes = {torch.float8_e4m3fn: "fp8_e4m3", torch.int8: "int8"}.get(codes_dtype)
+    codes = CODES_OF_DTYPE.get(codes_dtype)
     if codes is None:
         return None
     count = math.prod(scale_shape)
     return QuantScheme(codes, "tensor" if count == 1 else "channel") if count in (1, rows) else None
 
 
-def canonical_text_encoder(tensors: Mapping[str, torch.Tensor], *, quantization: str = "auto",
-                           device: torch.device | str = "cpu", source: str = "state dict"
-                           ) -> tuple[_CanonicalTensors, dict[str, QuantScheme]]:
+def canonical_text_encoder(tensors: TensorView, *, quantization: str = "auto", device: torch.device | str = "cpu",
+                           source: str = "state dict") -> tuple[TensorView, dict[str, QuantScheme]]:
     """Official-named tensors (canonical quantized form) and the quantized-layer table of a T5 file.
 
     Stored FP8/INT8 Linears keep their codes (scale -> ``weight_scale`` ``[out, 1]`` or ``[1, 1]``); other stored
     quantized tensors (e.g. an FP8 embedding or e5m2 codes) are dequantized. ``quantization="fp8"`` also
-    quantizes float block Linears per output channel (kernels.quantize) on ``device``.
+    quantizes float block Linears per output channel (kernels.quantize) on ``device``. Shapes and dtypes come from
+    ``tensors``' entries (a safetensors header), so no weight is read before the model asks for it.
     """
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, not {quantization!r}")
-    shapes = tensors.shapes() if hasattr(tensors, "shapes") else {k: tuple(t.shape) for k, t in tensors.items()}
-    # from the header where there is one: reading a weight only to learn its dtype would read the file twice
-    dtypes = tensors.dtypes() if hasattr(tensors, "dtypes") else {k: t.dtype for k, t in tensors.items()}
+    shapes = tensors.shapes()
     names = {key: _official_name(key) for key in shapes if not IGNORED_KEYS.search(key)}
     # encoder.embed_tokens is an alias of shared in HF files; use it only when shared is absent.
     if "encoder.embed_tokens.weight" in names:
@@ -161,30 +141,36 @@ def canonical_text_encoder(tensors: Mapping[str, torch.Tensor], *, quantization:
         if suffix is not None:
             del names[key]
             scales[name.removesuffix(suffix)] = key
-    entries: dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]] = {}
+    entries: dict[str, TensorEntry] = {}
     layers: dict[str, QuantScheme] = {}
+    quantizer = LastLayerQuantizer()
     for key, name in names.items():
-        shape, layer = shapes[key], name.removesuffix(".weight")
-        fetch = (lambda key=key: tensors[key])
+        stored, layer = tensors.entries[key], name.removesuffix(".weight")
+        entry = stored
         scale_key = scales.pop(layer, None) if name.endswith(".weight") else None
         if scale_key is not None:
-            scheme = _scheme_for(dtypes[key], shapes[scale_key], shape[0])
+            scheme = _scheme_for(stored.dtype, shapes[scale_key], stored.shape[0])
             if scheme is not None and BLOCK_LINEAR.search(layer):
                 layers[layer] = scheme
-                scale_shape = scheme.scale_shape(shape[0])
-                entries[f"{layer}.weight_scale"] = (
-                    scale_shape, lambda scale_key=scale_key, s=scale_shape: tensors[scale_key].float().reshape(s))
+                scale_shape = scheme.scale_shape(stored.shape[0])
+                entries[f"{layer}.weight_scale"] = TensorEntry(
+                    scale_shape, torch.float32,
+                    lambda scale_key=scale_key, s=scale_shape: tensors[scale_key].float().reshape(s))
             else:
-                fetch = (lambda key=key, scale_key=scale_key: _dequantize(tensors[key], tensors[scale_key]))
-        elif quantization == "fp8" and BLOCK_LINEAR.search(layer) and len(shape) == 2:
+                entry = TensorEntry(stored.shape, torch.float32,
+                                    lambda key=key, scale_key=scale_key: _dequantize(tensors[key], tensors[scale_key]))
+        elif quantization == "fp8" and BLOCK_LINEAR.search(layer) and len(stored.shape) == 2:
             scheme = layers[layer] = QuantScheme("fp8_e4m3", "channel")
-            quantized = _Quantizer(lambda key=key: tensors[key], scheme, device)
-            entries[f"{layer}.weight_scale"] = ((shape[0], 1), quantized.scale)
-            fetch = quantized.codes
-        entries[name] = (shape, fetch)
+            weight = TensorEntry(stored.shape, stored.dtype, lambda read=stored.read: read().to(device))
+            entries[f"{layer}.weight_scale"] = TensorEntry(
+                scheme.scale_shape(stored.shape[0]), torch.float32,
+                lambda layer=layer, w=weight, scheme=scheme: quantizer.get(layer, w, scheme, 1))
+            entry = TensorEntry(stored.shape, scheme.dtype,
+                                lambda layer=layer, w=weight, scheme=scheme: quantizer.get(layer, w, scheme, 0))
+        entries[name] = entry
     if scales:
         raise ModelFormatError(f"{source}: scale tensors without a weight: {', '.join(sorted(scales.values())[:4])}")
-    return _CanonicalTensors(entries), layers
+    return TensorView(entries, source), layers
 
 
 def _dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -194,35 +180,14 @@ def _dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.float() * scale.reshape(-1, *([1] * (codes.dim() - 1)))
 
 
-class _Quantizer:
-    """Quantizes one float weight once and serves its codes and scale (asked for one after the other)."""
-
-    def __init__(self, fetch: Callable[[], torch.Tensor], scheme: QuantScheme, device: torch.device | str):
-        self._fetch, self._scheme, self._device = fetch, scheme, device
-        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _take(self, index: int) -> torch.Tensor:
-        if self._result is None:
-            self._result = quantize_weight(self._fetch().to(self._device), self._scheme)
-        value = self._result[index]
-        # release the pair once both halves were handed out
-        self._result = None if index == 1 else self._result
-        return value
-
-    def codes(self) -> torch.Tensor:
-        return self._take(0)
-
-    def scale(self) -> torch.Tensor:
-        return self._take(1)
-
-
-def read_text_encoder_file(path: Path) -> Mapping[str, torch.Tensor]:
-    """The raw tensors of a T5 file: ``.pth``/``.pt`` via the safe reader, anything else as safetensors."""
+def read_text_encoder_file(path: Path) -> TensorView:
+    """The raw tensors of a T5 file: ``.pth``/``.pt`` via the safe reader, anything else as safetensors (shapes and
+    dtypes from its header)."""
     if not path.is_file():
         raise MissingComponentError(f"{path}: text encoder file not found")
     if path.suffix in (".pth", ".pt"):
-        return read_pth(path)
-    return SafetensorsSource.from_files([path], name=str(path))
+        return view_of_tensors(read_pth(path), str(path))
+    return SafetensorsSource.from_files([path], name=str(path)).view()
 
 
 def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, dtype: torch.dtype = torch.bfloat16,

@@ -20,6 +20,7 @@ from wan_express.demo import write_official_folder
 from wan_express.loaders.dit_loader import open_dit
 from wan_express.loaders.lora_apply import load_loras
 from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
+from wan_express.loaders.quant_convert import dequantized
 from wan_express.models import WanConfig
 
 from .comfyui_server import running_comfyui
@@ -87,7 +88,7 @@ def test_comfyui_core_loads_the_comfy_fp8_export_as_scaled_fp8(tmp_path):
     assert convert.run(args) == 0
     source = open_dit(folder)
     loras = load_loras([args.lora[0]])
-    merged = MergedTensors(source.tensors, LoraPlan(loras, source.tensors.shapes()), source.layers, dequantize=True)
+    merged = MergedTensors(dequantized(source.tensors, source.layers), LoraPlan(loras, source.tensors.shapes()))
     reference = tmp_path / "merged_reference.safetensors"
     save_file({f"{name}.weight": merged[f"{name}.weight"].contiguous() for name in COMPARED_LAYERS}, str(reference))
 

@@ -4,6 +4,7 @@ Tolerances (spec networks.md §1.8): float paths that differ only in fp32 roundi
 quantized paths must stay within relative L2 5e-2 of the float path (the W8A8 budget).
 """
 
+import json
 import logging
 
 import pytest
@@ -11,11 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
-from wan_express.errors import IncompatibleLoraError, InvalidInputError
+from wan_express.errors import IncompatibleLoraError, ModelFormatError
 from wan_express.kernels import quantized as quantized_module
 from wan_express.kernels.lora_linear import LoraBranch, LoraLinear
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
 from wan_express.kernels.quantized import QuantizedActivation, QuantLinear, QuantOps, QuantScheme
+from wan_express.loaders.lightx2v_config import read_lightx2v_config
 from wan_express.loaders.lora_apply import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
 from wan_express.loaders.lora_format import parse_lora
 from wan_express.loaders.lora_merge import AppliedLora, LoraPlan, MergedTensors
@@ -288,8 +290,15 @@ def test_lora_files_load_once_and_merge_with_their_strength(tmp_path):
     assert max_error(run(from_file), run(from_memory)) <= FLOAT_TOL
 
 
-def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(caplog):
-    specs = [LoraSpec.from_config(entry) for entry in (
+def lora_config_specs(folder, entries) -> list[LoraSpec]:
+    """The `LoraSpec`s of a LightX2V config whose ``lora_configs`` are ``entries``."""
+    config = folder / "lightx2v_config.json"
+    config.write_text(json.dumps({"lora_configs": entries}))
+    return read_lightx2v_config(config).loras
+
+
+def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(caplog, tmp_path):
+    specs = lora_config_specs(tmp_path, [
         {"path": "/loras/distill_a.safetensors", "strength": 1.0, "name": "high_noise_model"},
         {"path": "/loras/distill_b.safetensors", "name": "low_noise_model", "alpha": 8},
         {"path": "/loras/wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
@@ -300,7 +309,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
         {"path": "/loras/highres_fix_lowrank_lora.safetensors"},
         {"path": "/loras/Wan22-HighNoise-style.safetensors"},
         {"path": "/loras/high_noise_and_low_noise_mix.safetensors"},
-    )]
+    ])
     assert specs[1].alpha == 8.0 and specs[1].expert == "low" and specs[0].strength == 1.0
     caplog.set_level(logging.INFO, logger="wan_express.loaders.lora_apply")
     routed = route_loras(specs)
@@ -322,8 +331,8 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
             "(file name token 'low_noise')") in lines
     assert "LoRA highres_fix_lowrank_lora.safetensors -> both experts (no high/low token in the file name)" in lines
     assert "LoRA high_noise_and_low_noise_mix.safetensors -> both experts (the file name names both experts)" in lines
-    with pytest.raises(InvalidInputError, match="name 'transformer'"):
-        LoraSpec.from_config({"path": "x.safetensors", "name": "transformer"})
+    with pytest.raises(ModelFormatError, match="name 'transformer' must be one of high_noise_model"):
+        lora_config_specs(tmp_path, [{"path": "x.safetensors", "name": "transformer"}])
 
 
 def lora_records(caplog):
