@@ -16,10 +16,10 @@ from wan_express.kernels import backends
 from wan_express.kernels.ops import TorchOps
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
-from wan_express.models.wan_config import WanConfig
+from wan_express.models.wan_config import RELEASED_CONFIGS
 from wan_express.models.wan_dit import TimeConditioning, WanBlock, rope_tables
 
-CONFIG = WanConfig("t2v", 16, 16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+CONFIG = RELEASED_CONFIGS["Wan2.1-T2V-14B"]
 GRIDS = {32760: (21, 30, 52), 75600: (21, 45, 80)}  # 480p and 720p, 81 frames
 BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                  "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")

@@ -59,17 +59,17 @@ def quantize_rows_reference(x: torch.Tensor, codes: str) -> QuantizedActivation:
 
 
 def norm_modulate_reference(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """``LN(x) * (1 + scale) + shift`` (non-affine LayerNorm) in fp32, as `TorchOps.norm_modulate`."""
+    """``LN(x) * (1 + scale) + shift`` (non-affine LayerNorm) in fp32: what `TorchOps.norm_modulate` runs."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * (1 + scale) + shift
 
 
 def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """Affine LayerNorm in fp32 (weight and bias cast to fp32), as `TorchOps.layer_norm`."""
+    """Affine LayerNorm in fp32 (weight and bias cast to fp32): what `TorchOps.layer_norm` runs."""
     return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """T5 RMSNorm as `TorchOps.rms_norm`: ``x * rsqrt(mean(x²) + eps)`` (fp32), rounded to the weight dtype when
+    """T5 RMSNorm, what `TorchOps.rms_norm` runs: ``x * rsqrt(mean(x²) + eps)`` (fp32), rounded to the weight dtype when
     that is half precision, times the weight (in that dtype, i.e. the product rounded once more)."""
     normed = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + eps)
     if weight.dtype in HALF_DTYPES:

@@ -119,11 +119,6 @@ def unusable_reason(codes: str, backend: str, device: torch.device,
     return None
 
 
-def usable(codes: str, backend: str, device: torch.device, shape: tuple[int, int, int]) -> bool:
-    """Whether ``backend`` can run a ``codes`` GEMM of (M, N, K) on ``device``."""
-    return unusable_reason(codes, backend, device, shape) is None
-
-
 @torch.compiler.disable
 def warn_fallback(codes: str, backend: str, reason: str) -> None:
     """Log, once per (codes, backend, reason), that an explicitly requested backend falls back to dequantizing."""
@@ -173,7 +168,7 @@ def choose(codes: str, requested: str, a: torch.Tensor, a_scale: torch.Tensor, w
             return requested
         warn_fallback(codes, requested, reason)
         return "dequant"
-    candidates = [name for name in BACKENDS_FOR[codes] if usable(codes, name, a.device, shape)]
+    candidates = [name for name in BACKENDS_FOR[codes] if unusable_reason(codes, name, a.device, shape) is None]
     if len(candidates) <= 1:
         return candidates[0] if candidates else "dequant"
     key = (codes, m_bucket(shape[0]), shape[1], shape[2], a.device)

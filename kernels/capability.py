@@ -1,6 +1,6 @@
 """What the current device can run: FP8 tensor cores (SM >= 8.9), INT8 tensor cores (SM >= 8.0), Triton.
 
-`fast_codes(device)` answers which weight codes have a native W8A8 GEMM there; everything else runs the
+`native_gemm(codes, device)` answers whether those weight codes have a native W8A8 GEMM there; everything else runs the
 dequantizing fallback. Triton is optional: the pack imports and runs without it.
 """
 
@@ -25,11 +25,16 @@ def _cuda_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def device_index(device: torch.device) -> int:
+    """The CUDA device index of ``device`` (the current device when it names none)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def compute_capability(device: torch.device) -> tuple[int, int] | None:
     """(major, minor) of a CUDA device, None for any other device."""
     if device.type != "cuda":
         return None
-    return _cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_capability(device_index(device))
 
 
 def native_gemm(codes: str, device: torch.device) -> bool:

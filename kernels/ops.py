@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
+
 
 class CastLinear(nn.Linear):
     """`nn.Linear` whose input is cast to the weight dtype, so bf16 weights take fp32 activations."""
@@ -37,13 +39,12 @@ class TorchOps:
         x: [B, S, D] fp32 residual stream; shift, scale: broadcastable to x. The result feeds a Linear
         (``name`` is that Linear), which is where a fused kernel would quantize it.
         """
-        normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
-        return normed * (1 + scale) + shift
+        return norm_modulate_reference(x, shift, scale, eps)
 
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                    *, name: str) -> torch.Tensor:
         """Affine LayerNorm in fp32 (the cross-attention pre-norm); ``name`` is the Linear it feeds."""
-        return F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
+        return layer_norm_reference(x, weight, bias, eps)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, *, name: str) -> torch.Tensor:
         """T5 RMSNorm (spec networks.md §2.2): ``x * rsqrt(mean(x²) + eps)`` with the mean in fp32, cast to the
@@ -52,10 +53,7 @@ class TorchOps:
         x: [..., D]; weight: [D]. ``name`` is the Linear the result feeds (the first of those sharing it), or the
         norm's own name where it feeds none.
         """
-        normed = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + eps)
-        if weight.dtype in (torch.float16, torch.bfloat16):
-            normed = normed.type_as(weight)
-        return weight * normed
+        return rms_norm_reference(x, weight, eps)
 
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""

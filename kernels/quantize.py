@@ -13,10 +13,10 @@ from typing import Iterable, Mapping
 import torch
 
 from ..errors import ModelFormatError
+from .act_quant import QMAX
 from .quantized import QuantScheme
 
-FP8_MAX = 448.0
-INT8_MAX = 127.0
+# LightX2V's converter floors each row's amax here (activations use a smaller floor, see act_quant).
 _MIN_AMAX = 1e-5
 
 
@@ -29,14 +29,14 @@ def quantize_weight(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Te
     """
     w = weight.float()
     amax = w.abs().amax(dim=1, keepdim=True) if scheme.granularity == "channel" else w.abs().amax().reshape(1, 1)
-    qmax = FP8_MAX if scheme.codes == "fp8_e4m3" else INT8_MAX
+    qmax = QMAX[scheme.codes]
     scale = amax.clamp(min=_MIN_AMAX) / qmax
     scaled = w / scale
-    if scheme.codes == "fp8_e4m3":
-        codes = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    if scheme.codes == "int8":
+        scaled = scaled.round().clamp(-128, 127)
     else:
-        codes = scaled.round().clamp(-128, 127).to(torch.int8)
-    return codes, scale
+        scaled = scaled.clamp(-qmax, qmax)
+    return scaled.to(scheme.dtype), scale
 
 
 # LightX2V's W8A8 policy: every linear inside the transformer blocks; embeddings, modulation and head stay float.

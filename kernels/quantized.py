@@ -20,8 +20,9 @@ from torch import nn
 
 from . import backends
 from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, layer_norm_quantized,
-                        norm_modulate_quantized, quantize_rows, quantize_rows_reference, rms_norm_quantized)
-from .capability import native_gemm, triton_available
+                        norm_modulate_quantized, quantize_rows, quantize_rows_reference, rms_norm_quantized,
+                        use_triton)
+from .capability import native_gemm
 from .ops import CastLinear, TorchOps
 
 __all__ = ["CODE_DTYPES", "GRANULARITIES", "QuantScheme", "QuantLinear", "QuantOps", "QuantizedActivation"]
@@ -147,7 +148,7 @@ class GeluTanhQuantize(nn.Module):
 
 def fuses_quantization(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
     """Whether the op producing a ``scheme`` layer's input should emit quantized codes on ``device``."""
-    return device.type == "cuda" and triton_available() and runs_native(scheme, backend, device)
+    return use_triton(device) and runs_native(scheme, backend, device)
 
 
 class QuantOps(TorchOps):

@@ -17,6 +17,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .backends import m_bucket
+from .capability import compute_capability, device_index
 
 # The autotuners pick a tile per (rows rounded up to a power of two, N, K, codes): ``M_BUCKET`` is a kernel argument
 # only for this key, so a new token count in a known bucket does not tune again.
@@ -105,7 +106,8 @@ def _sm_count(index: int) -> int:
 def tma_usable(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether the persistent TMA kernel takes these operands: a Hopper GPU (compiled, not interpreted), bf16
     output, unit inner strides and the 16-byte alignment TMA needs for base addresses and row strides."""
-    if a.device.type != "cuda" or torch.cuda.get_device_capability(a.device)[0] != 9 or out.dtype != torch.bfloat16:
+    capability = compute_capability(a.device)
+    if capability is None or capability[0] != 9 or out.dtype != torch.bfloat16:
         return False
     tensors = (a, weight, out)
     return (all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0 for t in tensors)
@@ -196,7 +198,7 @@ def _persistent_gemm(a, a_scale, weight, w_scale, bias, out):
     a_desc = TensorDescriptor.from_tensor(a, [1, 16])
     w_desc = TensorDescriptor.from_tensor(weight, [1, 16])
     out_desc = TensorDescriptor.from_tensor(out, [1, 16])
-    programs = _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    programs = _sm_count(device_index(a.device))
 
     def grid(meta):
         return (min(programs, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)

@@ -51,7 +51,7 @@ def official_wan_model(config, seed: int = 0) -> torch.nn.Module:
     """The official Wan2.2 ``WanModel`` (no CLIP branch) for a `WanConfig`, with random weights, fp32."""
     model_module = official_module("model")
     model = model_module.WanModel(
-        model_type="ti2v" if config.model_type == "ti2v" else config.model_type,
+        model_type=config.model_type,
         in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim, freq_dim=config.freq_dim,
         text_dim=config.text_dim, out_dim=config.out_dim, num_heads=config.num_heads,
         num_layers=config.num_layers, eps=config.eps)

@@ -10,7 +10,7 @@ from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
 from wan_express.kernels import backends
 from wan_express.kernels.act_quant import (QuantizedActivation, layer_norm_quantized, quantize_rows,
-                                           quantize_rows_reference, rms_norm_quantized, rms_norm_reference)
+                                           quantize_rows_reference, rms_norm_quantized)
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
 from wan_express.kernels.ops import TorchOps
@@ -107,7 +107,7 @@ def test_rms_norm_is_t5s_and_its_quantizer_follows_it(dtype):
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
     want = weight * normed.to(dtype)  # in the weight dtype: the product is rounded to it
-    assert got.dtype == dtype and torch.equal(got, want) and torch.equal(rms_norm_reference(x, weight, 1e-6), got)
+    assert got.dtype == dtype and torch.equal(got, want)
     for codes in ("fp8_e4m3", "int8"):
         quantized, expected = rms_norm_quantized(x, weight, 1e-6, codes), quantize_rows_reference(got, codes)
         assert torch.equal(quantized.scale, expected.scale)
