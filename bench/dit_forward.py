@@ -46,9 +46,11 @@ def random_bf16_weights(config, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def time_forward(model: WanDiT, inputs: tuple, repeats: int) -> list[float]:
+    """CUDA-event times of ``repeats`` forwards after one warm-up; the peak-memory counter restarts after it."""
     with torch.no_grad():
         model(*inputs)  # warm-up: backend choice, autotuning, RoPE tables
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -77,13 +79,14 @@ def main() -> None:
         if scheme is None:
             model = WanDiT.from_state_dict(weights, dtype=torch.bfloat16, device="cuda")
         else:
+            # the bf16 source waits in CPU memory so the GPU holds only the quantized model (quantized on the GPU)
+            weights = {key: tensor.cpu() for key, tensor in weights.items()}
             layers = block_linear_layers(weights, scheme)
             model = WanDiT.from_state_dict(quantize_layers(weights, layers, device="cuda"), dtype=torch.bfloat16,
                                            device="cuda", ops=QuantOps(layers))
         memory = torch.cuda.memory_allocated() / 2**30
         for size in args.sizes:
             latent = torch.randn(1, 16, *LATENTS[size], generator=generator, device="cuda")
-            torch.cuda.reset_peak_memory_stats()
             times = time_forward(model, (latent, torch.tensor([937.5], device="cuda"), context), args.repeats)
             results["runs"].append({"variant": name, "size": size, "tokens": math.prod(LATENTS[size]) // 4,
                                     "forward_s": statistics.median(times), "times_s": times,
