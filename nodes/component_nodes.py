@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
 from ..sampling.latent_space import to_normalized
 from . import host
+from .values import DTYPES, TEXT_LEN, image_of
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-TEXT_LEN = 512
 
 
 def _component(choice_path: Path, field: str) -> Path:
@@ -136,9 +135,8 @@ class WanExpressCLIPVisionEncode:
                 "optional": {"end_image": ("IMAGE",)}}
 
     def encode(self, clip_vision, start_image: torch.Tensor, end_image: torch.Tensor | None = None):
-        frames = [start_image[0]] + ([] if end_image is None else [end_image[-1]])
-        images = torch.stack([frame[..., :3] for frame in frames]).permute(0, 3, 1, 2).float() * 2 - 1
-        tokens = clip_vision.encode(images.to(host.torch_device())).float().cpu()  # [n, 257, 1280]
+        frames = [image_of(start_image, 0)] + ([] if end_image is None else [image_of(end_image, -1)])
+        tokens = clip_vision.encode(torch.stack(frames)).float().cpu()  # [n, 257, 1280]; it moves its input
         return (ClipVisionOutput(tokens.reshape(1, -1, tokens.shape[-1])),)
 
 

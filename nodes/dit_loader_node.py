@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from ..loaders import load_dit
 from ..loaders.dit_loader import lightx2v_config_of, resolve_target
 from ..loaders.folder_rules import ModelPair
 from ..loaders.lora_apply import EXPERTS, LoraSpec
 from . import host
+from .values import DTYPES
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 QUANTIZATION = ("auto", "fp8", "int8", "bf16")
 NO_LORA = "(none)"
 # auto: the file name's high_noise / low_noise (or high / low) token picks the Wan2.2 expert, else both.

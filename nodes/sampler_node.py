@@ -10,12 +10,13 @@ from ..errors import InvalidInputError
 from ..sampling import (DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video, sample,
                         text_to_video, ti2v_image_to_video)
 from ..sampling.latent_space import to_raw
+from ..models import WanVAE21, WanVAE22
 from . import host
+from .values import TEXT_LEN, image_of
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("distill", "unipc", "euler")
-TEXT_LEN = 512
 
 
 # Keys core's image nodes (WanImageToVideo, ...) add to CONDITIONING; here images come through the sampler inputs.
@@ -39,11 +40,6 @@ def context_of(conditioning, name: str) -> torch.Tensor:
             raise InvalidInputError(f"the {name} prompt is longer than 512 tokens; Wan models read at most 512")
         context = context[:, :TEXT_LEN]
     return context.float()
-
-
-def image_of(image: torch.Tensor, index: int) -> torch.Tensor:
-    """Core IMAGE [N, H, W, C] in [0, 1] -> frame ``index`` as [3, H, W] in [-1, 1] (alpha dropped)."""
-    return image[index, :, :, :3].permute(2, 0, 1).float() * 2 - 1
 
 
 def clip_features(clip_vision_output, positive) -> torch.Tensor | None:
@@ -161,7 +157,7 @@ class WanExpressSampler:
                 raise InvalidInputError("end_image needs a start_image (first-last-frame video)")
             if config.y_dim:
                 raise InvalidInputError(f"this {config.model_type} model needs a start_image (and a vae)")
-            stride = (4, 16, 16) if config.out_dim == 48 else (4, 8, 8)
+            stride = (WanVAE22 if config.out_dim == 48 else WanVAE21).stride
             return text_to_video(context, width=width, height=height, frames=length, z_dim=config.out_dim,
                                  stride=stride, negative_context=negative_context)
         if vae is None:

@@ -17,7 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+requires_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set (no ComfyUI checkout to test "
+                                                              "against)")
 PACK_ROOT = Path(__file__).resolve().parents[1]
 # Widgets the front end follows with a "control_after_generate" value (fixed/increment/randomize).
 SEED_WIDGETS = ("seed", "noise_seed")
@@ -69,7 +74,7 @@ def running_comfyui(base: Path):
     log_path = base / "comfyui.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+            [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1",
              "--port", str(port), "--disable-auto-launch", "--base-directory", str(base)],
             cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", log_path)

@@ -8,9 +8,7 @@ under an unrelated folder name, so the checkout itself is never modified.
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 from safetensors.torch import save_file
@@ -23,12 +21,11 @@ from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
 from wan_express.loaders.quant_convert import dequantized
 from wan_express.models import WanConfig
 
-from .comfyui_server import running_comfyui
+from .comfyui_server import COMFYUI_DIR, COMFYUI_PYTHON, requires_comfyui, running_comfyui
 from .test_lora_apply import extractor_lora, float_model
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 
-pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set (no ComfyUI checkout to test against)")
+pytestmark = requires_comfyui
 
 
 def test_every_node_is_registered_in_a_running_comfyui(tmp_path):
@@ -92,7 +89,7 @@ def test_comfyui_core_loads_the_comfy_fp8_export_as_scaled_fp8(tmp_path):
     reference = tmp_path / "merged_reference.safetensors"
     save_file({f"{name}.weight": merged[f"{name}.weight"].contiguous() for name in COMPARED_LAYERS}, str(reference))
 
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    python = COMFYUI_PYTHON
     result = subprocess.run([python, "-c", COMFY_LOAD_SCRIPT, str(out), str(reference), *COMPARED_LAYERS],
                             cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

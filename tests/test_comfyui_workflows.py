@@ -22,13 +22,12 @@ from wan_express.demo import DEMO_CONFIG, write_model_folder, write_official_fol
 from wan_express.loaders.components import TEXT_ENCODER_FILE
 from wan_express.models import WanConfig
 
-from .comfyui_server import running_comfyui, ui_to_api
+from .comfyui_server import requires_comfyui, running_comfyui, ui_to_api
 from .test_lora_apply import extractor_lora, float_model
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
-pytestmark = pytest.mark.skipif(not os.environ.get("COMFYUI_DIR"),
-                                reason="COMFYUI_DIR is not set (no ComfyUI checkout to test against)")
+pytestmark = requires_comfyui
 
 
 A14B_I2V = WanConfig("i2v", 36, 16, clip_branch=False, dim=256, ffn_dim=512, num_heads=2, num_layers=1,

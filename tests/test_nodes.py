@@ -101,6 +101,9 @@ def test_image_models_run_through_the_nodes(pipeline, tmp_path):
     random_weights_(clip, 6)
     (clip_output,) = WanExpressCLIPVisionEncode().encode(clip.eval(), start, end)
     assert clip_output.penultimate_hidden_states.shape == (1, 514, 1280)
+    first_and_last = torch.stack([start[0], end[-1]]).permute(0, 3, 1, 2) * 2 - 1  # the end batch's LAST frame
+    torch.testing.assert_close(clip_output.penultimate_hidden_states,
+                               clip.encode(first_and_last).float().reshape(1, -1, 1280))
     (latent,) = WanExpressSampler().generate(image_dit("flf2v"), positive, **size, vae=pipeline["vae"],
                                              start_image=start, end_image=end, clip_vision_output=clip_output)
     assert latent["samples"].shape == (1, 16, 3, 6, 10) and torch.isfinite(latent["samples"]).all()
