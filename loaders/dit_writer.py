@@ -20,7 +20,7 @@ import torch
 from ..errors import ModelFormatError
 from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantScheme
-from ..models.wan_dit import tensor_shapes
+from ..models.weights import tensor_shapes
 from .dit_formats import SCALED_FP8_MARKER
 from .quant_convert import is_quantization_target
 from .safetensors_header import DTYPES, METADATA_KEY

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.vae2_1 import VaeConfig, WanVAE, WanVAE21
 from ..models.vae2_2 import WanVAE22
+from ..models.weights import assign_weights
 from .pth_reader import read_pth
 
 log = logging.getLogger(__name__)
@@ -89,21 +90,8 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
     config = detect_vae_config({key: tuple(t.shape) for key, t in tensors.items()}, source)
     with torch.device("meta"):
         model = VERSIONS[config.version][1](config, latent_format=latent_format)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ModelFormatError(
-            f"{source}: does not match the Wan{config.version} VAE layout (dim {config.dim}, decoder "
-            f"{config.dec_dim}): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
-            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Use an official or ComfyUI Wan VAE file")
-    for key, reference in expected.items():
-        if tuple(tensors[key].shape) != tuple(reference.shape):
-            raise ModelFormatError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, the Wan{config.version} "
-                                   f"VAE inferred from the file needs {tuple(reference.shape)}")
-    model.load_state_dict({key: tensors[key].to(device=device, dtype=dtype) for key in expected},
-                          strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return assign_weights(model, tensors, dtype=dtype, device=device, source=source,
+                          what=f"the Wan{config.version} VAE (dim {config.dim}, decoder {config.dec_dim})")
 
 
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

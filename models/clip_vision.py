@@ -17,13 +17,12 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFormatError
 from ..kernels.ops import TorchOps
-from .wan_dit import tensor_shapes
+from .weights import assign_weights, tensor_shapes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_DIM = 80  # ViT-H/14: 1280 wide, 16 heads; heads are not stored in the file
 _BLOCK_KEY = re.compile(r"^transformer\.(\d+)\.")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # LayerNorms compute in fp32 (official wrapper upcasts), so their parameters stay fp32.
 KEEP_IN_FP32 = re.compile(r"(^pre_norm|\.norm[12])\.")
 
@@ -136,27 +135,12 @@ class ClipVisionEncoder(nn.Module):
         with torch.device("meta"):
             model = cls(config, ops=ops)
         unused = re.compile(rf"^(transformer\.{config.num_layers - 1}\.|post_norm\.|head$)")
-        expected = model.state_dict(keep_vars=True)
-        problems = [f"missing {key}" for key in expected if key not in shapes]
-        problems += [f"unexpected {key}" for key in shapes if key not in expected and not unused.search(key)]
-        problems += [f"{key}: file {shapes[key]}, model {tuple(param.shape)}" for key, param in expected.items()
-                     if key in shapes and shapes[key] != tuple(param.shape)]
-        if problems:
-            shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
-            raise ModelFormatError(f"{source} does not match a CLIP vision tower: {shown}")
-        converted = {}
-        for key, param in expected.items():
-            tensor = state_dict[key]
-            if tensor.dtype in _FLOAT_DTYPES and param.dtype in _FLOAT_DTYPES:
-                tensor = tensor.to(device=device, dtype=torch.float32 if KEEP_IN_FP32.search(key) else dtype)
-            else:
-                tensor = tensor.to(device=device)
-            converted[key] = tensor
-        model.load_state_dict(converted, strict=True, assign=True)
+        assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, keep_fp32=KEEP_IN_FP32,
+                       ignore=unused, what="a CLIP vision tower", source=source)
         # non-persistent buffers are not in the state dict: make them real on the target device
         model.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
         model.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-        return model.requires_grad_(False).eval()
+        return model
 
     @property
     def dtype(self) -> torch.dtype:

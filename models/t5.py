@@ -18,10 +18,9 @@ from torch import nn
 
 from ..errors import ModelFormatError
 from ..kernels.ops import TorchOps
-from .wan_dit import tensor_shapes
+from .weights import assign_weights, tensor_shapes
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,26 +184,8 @@ class UMT5Encoder(nn.Module):
         shapes = tensor_shapes(state_dict)
         with torch.device("meta"):
             model = cls(T5Config.infer(shapes, source), ops=ops)
-        expected = model.state_dict(keep_vars=True)
-        problems = [f"missing {key}" for key in expected if key not in shapes]
-        problems += [f"unexpected {key}" for key in shapes if key not in expected]
-        problems += [f"{key}: file {shapes[key]}, model {tuple(param.shape)}" for key, param in expected.items()
-                     if key in shapes and shapes[key] != tuple(param.shape)]
-        if problems:
-            shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
-            raise ModelFormatError(f"{source} does not match a umT5 encoder: {shown}")
-        fp32_keys = {f"{prefix}.{param}" for prefix, module in model.named_modules()
-                     for param in getattr(module, "KEEP_IN_FP32_PARAMS", ())}
-        converted = {}
-        for key, param in expected.items():
-            tensor = state_dict[key]
-            if tensor.dtype in _FLOAT_DTYPES and param.dtype in _FLOAT_DTYPES:
-                tensor = tensor.to(device=device, dtype=torch.float32 if key in fp32_keys else dtype)
-            else:
-                tensor = tensor.to(device=device)
-            converted[key] = tensor
-        model.load_state_dict(converted, strict=True, assign=True)
-        return model.requires_grad_(False).eval()
+        return assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, what="a umT5 encoder",
+                              source=source)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids: [B, L] token ids; mask: [B, L] (1 real, 0 padding) -> [B, L, dim] in the embedding dtype.

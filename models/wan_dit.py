@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError, ModelFormatError
+from ..errors import InvalidInputError
 from ..kernels.ops import TorchOps
 from .wan_config import WanConfig
+from .weights import assign_weights, tensor_shapes
 
 # Parameters kept in fp32 whatever the model dtype (official autocast(fp32) regions and fp32 norms).
 KEEP_IN_FP32 = re.compile(
@@ -27,16 +28,6 @@ KEEP_IN_FP32 = re.compile(
     r"|(^|\.)modulation$"
     r"|\.norm(3|_q|_k|_k_img)\."
     r"|^img_emb\.(proj\.[04]\.|emb_pos$)")
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def tensor_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """key -> shape; lazy sources answer from file headers (their ``shapes()``) without reading data."""
-    if hasattr(state_dict, "shapes"):
-        return state_dict.shapes()
-    return {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
-
 
 def _precise_dtype(device: torch.device) -> torch.dtype:
     """fp64 where the device has it (the official sinusoid and RoPE tables are fp64)."""
@@ -288,40 +279,9 @@ class WanDiT(nn.Module):
             config = WanConfig.infer(shapes, source=source)
         with torch.device("meta"):
             model = cls(config, ops=ops)
-        model._load_weights(state_dict, shapes, dtype=dtype, device=device, source=source)
-        return model
-
-    def _load_weights(self, state_dict: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], *,
-                      dtype: torch.dtype, device: torch.device | str, source: str) -> None:
-        """Check keys and shapes against the model, then convert and assign tensors one by one."""
-        expected = self.state_dict(keep_vars=True)
-        missing = [k for k in expected if k not in shapes]
-        unexpected = [k for k in shapes if k not in expected]
-        wrong_shape = [f"{k}: file {shapes[k]}, model {tuple(expected[k].shape)}"
-                       for k in expected if k in shapes and shapes[k] != tuple(expected[k].shape)]
-        if missing or unexpected or wrong_shape:
-            problems = []
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-                if keys:
-                    shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-                    problems.append(f"{label}: {shown}")
-            raise ModelFormatError(f"{source} does not match a {self.config.model_type} Wan DiT "
-                                   f"(dim {self.config.dim}, {self.config.num_layers} blocks): " + "; ".join(problems))
-        # Injected layers may declare more fp32 parameters (e.g. quantization scales).
-        fp32_keys = {f"{prefix}.{param}" for prefix, module in self.named_modules()
-                     for param in getattr(module, "KEEP_IN_FP32_PARAMS", ())}
-        converted = {}
-        for key, param in expected.items():
-            tensor = state_dict[key]
-            target = torch.float32 if KEEP_IN_FP32.search(key) or key in fp32_keys else dtype
-            if tensor.dtype in _FLOAT_DTYPES and param.dtype in _FLOAT_DTYPES:
-                tensor = tensor.to(device=device, dtype=target)
-            else:
-                tensor = tensor.to(device=device)
-            converted[key] = tensor
-        self.load_state_dict(converted, strict=True, assign=True)
-        self.requires_grad_(False)
-        self.eval()
+        return assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, keep_fp32=KEEP_IN_FP32,
+                              what=f"a {config.model_type} Wan DiT (dim {config.dim}, {config.num_layers} blocks)",
+                              source=source)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -330,7 +330,7 @@ def test_wrong_tensors_are_a_format_error(official_folder, tmp_path):
     del state["blocks.1.ffn.fc2.weight"]
     path = tmp_path / TEXT_ENCODER_FILE
     torch.save(state, path)
-    with pytest.raises(ModelFormatError, match="missing blocks.1.ffn.fc2.weight"):
+    with pytest.raises(ModelFormatError, match="missing: blocks.1.ffn.fc2.weight"):
         load_text_encoder(path, tokenizer=folder / TOKENIZER_DIR)
 
 
