@@ -14,7 +14,7 @@ from .errors import WanExpressError
 # subcommand -> (module, help)
 COMMANDS = {
     "demo": (".demo", "write a tiny random Wan model in the official layout, load it and run it"),
-    "convert": (".convert", "merge LoRAs into a DiT and export a LightX2V bf16/fp8/int8 or ComfyUI scaled-FP8 file"),
+    "convert": (".loaders.export.convert", "merge LoRAs into a DiT and export a LightX2V bf16/fp8/int8 or ComfyUI scaled-FP8 file"),
     "inspect": (".loaders.inspector", "describe a DiT file or folder: layout, precision, quantization, components"),
 }
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from .loaders import find_components, load_dit, load_text_encoder, load_vae
 from .loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
-from .loaders.dit_loader import CONFIG_NAME, INDEX_NAME
+from .loaders.dit.loader import CONFIG_NAME, INDEX_NAME
 from .models import T5Config, UMT5Encoder, VaeConfig, WanConfig, WanDiT, WanVAE21, WanVAE22
 from .sampling import DistillSchedule, sample, text_to_video
 

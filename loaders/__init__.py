@@ -1,13 +1,13 @@
 """Readers that turn files on disk into canonical (official-named) tensors and configs."""
 
-from .clip_vision_loader import load_clip_vision
+from .clip_vision import load_clip_vision
 from .components import find_components
-from .dit_loader import DitSource, load_dit, open_dit, open_dit_pair
+from .dit.lightx2v_config import read_lightx2v_config
+from .dit.loader import DitSource, load_dit, open_dit, open_dit_pair
+from .files.source import SafetensorsSource
 from .inspector import inspect
-from .lightx2v_config import read_lightx2v_config
-from .safetensors_source import SafetensorsSource
-from .text_encoder_loader import load_text_encoder
-from .vae_loader import load_vae
+from .text_encoder import load_text_encoder
+from .vae import load_vae
 
 __all__ = [
     "DitSource",

@@ -16,10 +16,10 @@ from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from .components import find_components
-from .dit_formats import FAMILY_PATTERNS, KNOWN_PREFIXES, SIZE_OF_DIM
-from .dit_loader import (DitSource, lightx2v_config_of, open_unit, read_unit, resolve_target,
+from .dit.folders import ModelPair, ModelUnit, candidates
+from .dit.formats import FAMILY_PATTERNS, KNOWN_PREFIXES, SIZE_OF_DIM
+from .dit.loader import (DitSource, lightx2v_config_of, open_unit, read_unit, resolve_target,
                          unsupported_model)
-from .folder_rules import ModelPair, ModelUnit, candidates
 
 # Component field -> plain name (the CLIP encoder is needed only by models with the CLIP branch).
 COMPONENTS = {

@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 from ..loaders import load_dit
-from ..loaders.dit_loader import lightx2v_config_of, resolve_target
-from ..loaders.folder_rules import ModelPair
-from ..loaders.lora_apply import EXPERTS, LoraSpec
+from ..loaders.dit.folders import ModelPair
+from ..loaders.dit.loader import lightx2v_config_of, resolve_target
+from ..loaders.lora.attach import EXPERTS, LoraSpec
 from . import host
 from .values import DTYPES
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..loaders.text_encoder_loader import TEXT_LEN
+from ..loaders.text_encoder import TEXT_LEN
 
 # Precision choices of the loader nodes.
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -13,12 +13,13 @@ import subprocess
 import pytest
 from safetensors.torch import save_file
 
-from wan_express import NODE_CLASS_MAPPINGS, convert
+from wan_express import NODE_CLASS_MAPPINGS
+from wan_express.loaders.export import convert
 from wan_express.demo import write_official_folder
-from wan_express.loaders.dit_loader import open_dit
-from wan_express.loaders.lora_apply import load_loras
-from wan_express.loaders.lora_merge import LoraPlan, MergedTensors
-from wan_express.loaders.quant_convert import dequantized
+from wan_express.loaders.dit.loader import open_dit
+from wan_express.loaders.lora.attach import load_loras
+from wan_express.loaders.lora.merge import LoraPlan, MergedTensors
+from wan_express.loaders.quantization import dequantized
 from wan_express.models import WanConfig
 
 from .comfyui_server import COMFYUI_DIR, COMFYUI_PYTHON, requires_comfyui, running_comfyui

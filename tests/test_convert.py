@@ -15,17 +15,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from wan_express import convert
+from wan_express.loaders.export import convert
 from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
-from wan_express.loaders.dit_loader import load_dit, open_dit
-from wan_express.loaders.dit_writer import write_dit
+from wan_express.loaders.dit.loader import load_dit, open_dit
+from wan_express.loaders.export.writer import write_dit
 from wan_express.loaders.inspector import inspect
-from wan_express.loaders.lora_apply import LoraSpec, load_loras, merge_loras
-from wan_express.loaders.lora_merge import LoraPlan
-from wan_express.loaders.quant_convert import is_quantization_target
+from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
+from wan_express.loaders.lora.merge import LoraPlan
+from wan_express.loaders.quantization import is_quantization_target
 
 from .test_lora_apply import extractor_lora, float_model, inputs, l2_error
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError, MissingComponentError, ModelFormatError
 from wan_express.loaders import load_dit
-from wan_express.loaders.dit_loader import CONFIG_NAME, INDEX_NAME
+from wan_express.loaders.dit.loader import CONFIG_NAME, INDEX_NAME
 from wan_express.models import WanConfig
 
 

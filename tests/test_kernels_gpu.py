@@ -15,7 +15,7 @@ from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.ops import TorchOps
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
-from wan_express.loaders.text_encoder_loader import BLOCK_LINEAR
+from wan_express.loaders.text_encoder import BLOCK_LINEAR
 from wan_express.models import WanDiT
 from wan_express.models.t5 import T5Config, UMT5Encoder
 

@@ -8,9 +8,9 @@ import torch
 from wan_express.errors import MissingComponentError, ModelFormatError, UnsupportedModelError
 from wan_express.kernels.quantized import QuantLinear
 from wan_express.loaders import inspector
-from wan_express.loaders.dit_loader import load_dit, open_dit, open_dit_pair
+from wan_express.loaders.dit.lightx2v_config import read_lightx2v_config
+from wan_express.loaders.dit.loader import load_dit, open_dit, open_dit_pair
 from wan_express.loaders.inspector import inspect
-from wan_express.loaders.lightx2v_config import read_lightx2v_config
 
 from .loader_files import save, tiny_weights, write_lightx2v, write_official, write_split
 

@@ -11,7 +11,7 @@ import torch
 
 from wan_express.errors import ModelFormatError, UnsupportedModelError
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
-from wan_express.loaders.dit_loader import load_dit, open_dit, open_dit_pair
+from wan_express.loaders.dit.loader import load_dit, open_dit, open_dit_pair
 from wan_express.loaders.inspector import inspect
 from wan_express.models import WanConfig
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from wan_express.errors import ModelFormatError, UnsupportedModelError
-from wan_express.loaders.dit_loader import load_dit, open_dit
-from wan_express.loaders.pth_reader import read_pth
-from wan_express.loaders.safetensors_header import read_header
+from wan_express.loaders.dit.loader import load_dit, open_dit
+from wan_express.loaders.files.header import read_header
+from wan_express.loaders.files.pth import read_pth
 
 from .loader_files import per_channel, save, tiny_weights, write_lightx2v
 

@@ -14,13 +14,13 @@ from safetensors.torch import save_file
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, ModelFormatError
 from wan_express.kernels import quantized as quantized_module
-from wan_express.kernels.lora_linear import LoraBranch, LoraLinear
 from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
 from wan_express.kernels.quantized import QuantizedActivation, QuantLinear, QuantOps, QuantScheme
-from wan_express.loaders.lightx2v_config import read_lightx2v_config
-from wan_express.loaders.lora_apply import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
-from wan_express.loaders.lora_format import parse_lora
-from wan_express.loaders.lora_merge import AppliedLora, LoraPlan, MergedTensors
+from wan_express.loaders.dit.lightx2v_config import read_lightx2v_config
+from wan_express.loaders.lora.attach import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
+from wan_express.loaders.lora.format import parse_lora
+from wan_express.loaders.lora.linear import LoraBranch, LoraLinear
+from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.models import WanConfig, WanDiT
 
 FLOAT_TOL = 1e-4      # max abs error / max |output|
@@ -311,7 +311,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
         {"path": "/loras/high_noise_and_low_noise_mix.safetensors"},
     ])
     assert specs[1].alpha == 8.0 and specs[1].expert == "low" and specs[0].strength == 1.0
-    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora_apply")
+    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.attach")
     routed = route_loras(specs)
     names = lambda chosen: [spec.path.name for spec in chosen]  # noqa: E731
     both = ["wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "highres_fix_lowrank_lora.safetensors",
@@ -322,7 +322,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
     assert names(routed["low"]) == [
         "distill_b.safetensors", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", both[0],
         "wan22_lightning-LOW.safetensors", both[1], both[2]]
-    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora_apply"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora.attach"]
     assert len(lines) == len(specs)
     assert "LoRA distill_a.safetensors -> high-noise expert (chosen)" in lines
     assert "LoRA Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors -> high-noise expert (file name token 'HIGH')" \
@@ -336,7 +336,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
 
 
 def lora_records(caplog):
-    return [r for r in caplog.records if r.name == "wan_express.loaders.lora_merge"]
+    return [r for r in caplog.records if r.name == "wan_express.loaders.lora.merge"]
 
 
 def test_wan21_i2v_lora_on_an_a14b_expert_skips_the_image_branch_in_one_info_line(caplog):

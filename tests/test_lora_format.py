@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, ModelFormatError
-from wan_express.loaders.lora_format import parse_lora, read_lora
-from wan_express.loaders.lora_merge import AppliedLora, LoraPlan, MergedTensors
+from wan_express.loaders.lora.format import parse_lora, read_lora
+from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.models import WanDiT
 
 RANK = 4

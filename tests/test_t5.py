@@ -18,7 +18,7 @@ from wan_express.errors import MissingComponentError, ModelFormatError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
-from wan_express.loaders.text_encoder_loader import clean_prompt, load_text_encoder
+from wan_express.loaders.text_encoder import clean_prompt, load_text_encoder
 from wan_express.models.t5 import UMT5Encoder
 
 from .official_reference import official_module

@@ -10,7 +10,7 @@ import torch
 
 from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError
-from wan_express.loaders.vae_loader import build_vae
+from wan_express.loaders.vae import build_vae
 from wan_express.models.vae2_1 import WAN21_MEAN, WAN21_STD, WAN21_VAE, WanVAE21
 
 from .official_reference import official_module

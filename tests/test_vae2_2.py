@@ -10,7 +10,7 @@ import torch
 
 from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError
-from wan_express.loaders.vae_loader import build_vae
+from wan_express.loaders.vae import build_vae
 from wan_express.models.vae2_2 import (WAN22_MEAN, WAN22_STD, WAN22_VAE, WanVAE22, average_down, duplicate_up,
                                        patchify, unpatchify)
 

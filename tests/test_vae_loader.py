@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from wan_express.errors import InvalidInputError, ModelFormatError, UnsupportedModelError
-from wan_express.loaders.vae_loader import detect_vae_config, load_vae
+from wan_express.loaders.vae import detect_vae_config, load_vae
 from wan_express.models.vae2_1 import WAN21_MEAN, WAN21_STD, WanVAE21
 from wan_express.models.vae2_2 import WanVAE22
 

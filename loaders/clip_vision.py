@@ -15,8 +15,8 @@ import torch
 
 from ..errors import MissingComponentError, ModelFormatError
 from ..models.clip_vision import ClipVisionEncoder
-from .pth_reader import read_pth
-from .safetensors_source import SafetensorsSource
+from .files.pth import read_pth
+from .files.source import SafetensorsSource
 
 log = logging.getLogger(__name__)
 

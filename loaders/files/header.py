@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 
 # safetensors dtype names -> torch dtype names (the format's full list). Only those the installed torch has are
 # readable (float8_e8m0fnu arrived in torch 2.7); the others are reported as unknown dtypes.

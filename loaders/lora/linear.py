@@ -2,7 +2,7 @@
 
 `LoraLinear(base)` runs ``base(x)`` untouched, so a `QuantLinear` keeps its low-precision GEMM, and adds
 ``strength · scale · (x @ downᵀ) @ upᵀ`` per `LoraBranch` (or ``strength · x @ diffᵀ`` for a full-weight delta).
-Strengths are read from a shared list at every call, which is how `loaders.lora_apply` changes them without reloading.
+Strengths are read from a shared list at every call, which is how `loaders.lora.attach` changes them without reloading.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantized import QuantizedActivation, QuantLinear
+from ...kernels.quantized import QuantizedActivation, QuantLinear
 
 
 def branch_dtype(base: nn.Module) -> torch.dtype:
@@ -46,7 +46,7 @@ class LoraBranch(nn.Module):
     def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         """x: [..., in] -> [..., out] in the branch dtype, without the strength factor.
 
-        `loaders.lora_apply` feeds branched layers float inputs (the fused LayerNorm / GELU quantization is turned
+        `loaders.lora.attach` feeds branched layers float inputs (the fused LayerNorm / GELU quantization is turned
         off in front of them); a `QuantizedActivation` from any other producer is dequantized, which adds its
         rounding to the low-rank term (measured: 5% of the LoRA's contribution for FP8, 2% for INT8).
         """

@@ -19,11 +19,11 @@ from ..errors import MissingComponentError, ModelFormatError, WanExpressError
 from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
-from .dit_formats import CODES_OF_DTYPE
-from .pth_reader import read_pth
-from .quant_convert import LastLayerQuantizer
-from .safetensors_source import SafetensorsSource
-from .tensor_view import TensorEntry, TensorView, view_of_tensors
+from .dit.formats import CODES_OF_DTYPE
+from .files.pth import read_pth
+from .files.source import SafetensorsSource
+from .files.views import TensorEntry, TensorView, view_of_tensors
+from .quantization import LastLayerQuantizer
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.vae2_1 import VaeConfig, WanVAE, WanVAE21
 from ..models.vae2_2 import WanVAE22
 from ..models.weights import assign_weights
-from .pth_reader import read_pth
+from .files.pth import read_pth
 
 log = logging.getLogger(__name__)
 

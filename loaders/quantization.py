@@ -14,8 +14,8 @@ import torch
 
 from ..kernels.quantize import quantize_weight
 from ..kernels.quantized import QuantScheme
-from .dit_formats import QUANTIZED_PARTS
-from .tensor_view import TensorEntry, TensorView
+from .dit.formats import QUANTIZED_PARTS
+from .files.views import TensorEntry, TensorView
 
 log = logging.getLogger(__name__)
 

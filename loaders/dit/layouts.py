@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Collection, Iterable
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 from .diffusers_keys import official_key
-from .dit_formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, OTHER_COMPONENTS, SCALED_FP8_MARKER
+from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, OTHER_COMPONENTS, SCALED_FP8_MARKER
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Entry points: `open_dit(path, file=None) -> DitSource`, `open_dit_pair(path) -> (high, low)` for Wan2.2 A14B,
 and `load_dit(path, ...)` -> `WanDiT` (or a `(high, low)` pair). Layouts: formats.md §1 rows 1-8 and 10-13, read
-through `folder_rules` (which files), `key_layouts` (prefix / diffusers names), `quant_layouts` (per-layer
-quantization) and `quant_convert` (the ``quantization`` choice). Tensors are read lazily, one at a time.
+through `folders` (which files), `layouts` (prefix / diffusers names), `quant_layouts` (per-layer
+quantization) and `..quantization` (the ``quantization`` choice). Tensors are read lazily, one at a time.
 """
 
 from __future__ import annotations
@@ -16,22 +16,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..errors import InvalidInputError, ModelFormatError, UnsupportedModelError
-from ..kernels.ops import TorchOps
-from ..kernels.quantized import QuantOps, QuantScheme
-from ..models import WanConfig, WanDiT
-from .dit_formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
-from .dit_writer import read_export_metadata
-from .folder_rules import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
-from .key_layouts import KeyLayout, detect_key_layout
+from ...errors import InvalidInputError, ModelFormatError, UnsupportedModelError
+from ...kernels.ops import TorchOps
+from ...kernels.quantized import QuantOps, QuantScheme
+from ...models import WanConfig, WanDiT
+from ..export.writer import read_export_metadata
+from ..files.pth import read_pth
+from ..files.source import SafetensorsSource
+from ..files.views import TensorEntry, TensorView, view_of_tensors
+from ..lora.attach import EXPERTS, LoraSpec, load_loras, route_loras
+from ..lora.merge import AppliedLora, LoraPlan, merged_view
+from ..quantization import dequantized, quantized
+from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
+from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
+from .layouts import KeyLayout, detect_key_layout
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
-from .lora_apply import EXPERTS, LoraSpec, load_loras, route_loras
-from .lora_merge import AppliedLora, LoraPlan, merged_view
-from .pth_reader import read_pth
-from .quant_convert import dequantized, quantized
 from .quant_layouts import canonicalize
-from .safetensors_source import SafetensorsSource
-from .tensor_view import TensorEntry, TensorView, view_of_tensors
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "open_dit", "open_dit_pair", "open_unit",
            "read_unit", "resolve_target", "unsupported_model"]

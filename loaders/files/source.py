@@ -1,6 +1,6 @@
 """Lazy, read-only access to the tensors of one or more safetensors files (shards) under one key space.
 
-`SafetensorsSource` validates every header it opens (`safetensors_header`), answers shapes and metadata (and, through
+`SafetensorsSource` validates every header it opens (`header`), answers shapes and metadata (and, through
 `view()`, dtypes) from the headers alone, and reads a tensor only when it is asked for, so a model is built one
 tensor at a time.
 """
@@ -12,9 +12,9 @@ from typing import Iterator, Mapping
 
 import torch
 
-from ..errors import ModelFormatError
-from .safetensors_header import SafetensorsHeader, read_header, read_tensor
-from .tensor_view import TensorEntry, TensorView
+from ...errors import ModelFormatError
+from .header import SafetensorsHeader, read_header, read_tensor
+from .views import TensorEntry, TensorView
 
 
 class SafetensorsSource(Mapping[str, torch.Tensor]):

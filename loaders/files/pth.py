@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 
 # Official and LightX2V checkpoints sometimes wrap the weights one level deep.
 _WRAPPER_KEYS = ("state_dict", "model", "module")

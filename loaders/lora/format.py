@@ -17,10 +17,10 @@ from typing import Mapping
 
 import torch
 
-from ..errors import IncompatibleLoraError, ModelFormatError
-from .diffusers_keys import BLOCK_MODULES, TOP_MODULES
-from .pth_reader import read_pth
-from .safetensors_source import SafetensorsSource
+from ...errors import IncompatibleLoraError, ModelFormatError
+from ..dit.diffusers_keys import BLOCK_MODULES, TOP_MODULES
+from ..files.pth import read_pth
+from ..files.source import SafetensorsSource
 
 # Key suffix -> role, longest first where one suffix ends another (spec §9.2).
 SUFFIXES = (

@@ -17,13 +17,13 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import ModelFormatError, UnsupportedModelError
-from ..kernels.quantized import CODE_DTYPES, QuantScheme
+from ...errors import ModelFormatError, UnsupportedModelError
+from ...kernels.quantized import CODE_DTYPES, QuantScheme
+from ..files.views import TensorEntry, TensorView
 from .diffusers_keys import official_key
-from .dit_formats import (ACTIVATION_SCALE_SUFFIXES, CODES_OF_DTYPE, COMFY_FORMATS, COMFY_QUANT_METADATA,
+from .formats import (ACTIVATION_SCALE_SUFFIXES, CODES_OF_DTYPE, COMFY_FORMATS, COMFY_QUANT_METADATA,
                           COMFY_QUANT_SUFFIX, SCALE_SUFFIXES, SCALED_FP8_MARKER)
-from .key_layouts import KeyLayout
-from .tensor_view import TensorEntry, TensorView
+from .layouts import KeyLayout
 
 _FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -56,7 +56,7 @@ def canonicalize(raw: TensorView, metadata: Mapping[str, str], layout: KeyLayout
     Args:
         raw: the stored tensors (stored key names).
         metadata: safetensors header metadata (``_quantization_metadata`` may be in it).
-        layout: prefix and naming found by `key_layouts.detect_key_layout`.
+        layout: prefix and naming found by `layouts.detect_key_layout`.
         source: file or folder name for messages.
 
     Raises:

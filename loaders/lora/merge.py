@@ -18,12 +18,12 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from ..errors import IncompatibleLoraError
-from ..kernels.quantize import quantize_weight
-from ..kernels.quantized import QuantScheme
-from ..models.wan_dit import tensor_shapes
-from .lora_format import LoraFile, LoraModule
-from .tensor_view import TensorEntry, TensorView
+from ...errors import IncompatibleLoraError
+from ...kernels.quantize import quantize_weight
+from ...kernels.quantized import QuantScheme
+from ...models.wan_dit import tensor_shapes
+from ..files.views import TensorEntry, TensorView
+from .format import LoraFile, LoraModule
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class MergedTensors(Mapping[str, torch.Tensor]):
             (``<layer>.weight`` codes + ``<layer>.weight_scale``).
         plan: the LoRA plan, matched against ``base``'s shapes.
         layers: quantized layer name (no ``.weight``) -> scheme, as the loader detected them; they stay quantized
-            (merged layers re-quantized). For fp32 weights throughout (export), pass `quant_convert.dequantized`
+            (merged layers re-quantized). For fp32 weights throughout (export), pass `quantization.dequantized`
             tensors and no layers.
     """
 

@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import IncompatibleLoraError
-from ..kernels.lora_linear import LoraBranch, LoraLinear, branch_dtype
-from ..kernels.ops import TorchOps
-from ..kernels.quantized import QuantLinear
-from .lora_format import LoraFile, read_lora
-from .lora_merge import AppliedLora, LoraPlan, merged_float, merged_quantized
+from ...errors import IncompatibleLoraError
+from ...kernels.ops import TorchOps
+from ...kernels.quantized import QuantLinear
+from .format import LoraFile, read_lora
+from .linear import LoraBranch, LoraLinear, branch_dtype
+from .merge import AppliedLora, LoraPlan, merged_float, merged_quantized
 
 EXPERTS = ("high", "low")
 # File-name tokens that route a LoRA to one expert, most specific first: "high_noise" / "low-noise" / "highnoise",

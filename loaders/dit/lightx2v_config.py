@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError, UnsupportedModelError
-from .lora_apply import LoraSpec
+from ...errors import ModelFormatError, UnsupportedModelError
+from ..lora.attach import LoraSpec
 
 log = logging.getLogger(__name__)
 

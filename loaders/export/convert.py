@@ -2,9 +2,9 @@
 
     python -m wan_express convert --base MODEL --lora LORA[:strength[:alpha]] ... --to lightx2v-fp8 OUT.safetensors
 
-The base is opened with `loaders.dit_loader.open_dit` (every layout it reads, quantized ones included) and read
-lazily; each tensor is merged (`loaders.lora_merge`), quantized if the layout asks for it and streamed to a temporary
-file that is renamed at the end (`loaders.dit_writer`). The file's metadata records the base, the LoRAs with their
+The base is opened with `loaders.dit.loader.open_dit` (every layout it reads, quantized ones included) and read
+lazily; each tensor is merged (`loaders.lora.merge`), quantized if the layout asks for it and streamed to a temporary
+file that is renamed at the end (`loaders.export.writer`). The file's metadata records the base, the LoRAs with their
 strengths and the quantization scheme.
 """
 
@@ -16,12 +16,12 @@ import logging
 import time
 from pathlib import Path
 
-from .errors import InvalidInputError
-from .loaders.dit_loader import open_dit
-from .loaders.dit_writer import EXPORT_FORMATS, write_dit
-from .loaders.lora_apply import LoraSpec, load_loras
-from .loaders.lora_merge import LoraPlan, MergedTensors
-from .loaders.quant_convert import dequantized
+from ...errors import InvalidInputError
+from ..dit.loader import open_dit
+from ..lora.attach import LoraSpec, load_loras
+from ..lora.merge import LoraPlan, MergedTensors
+from ..quantization import dequantized
+from .writer import EXPORT_FORMATS, write_dit
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Facts about DiT file layouts, as data: key prefixes, quantization markers, model signatures, name patterns.
 
-Read by `key_layouts`, `quant_layouts`, `folder_rules` and `inspector` (spec formats.md §1-§7); nothing here
+Read by `layouts`, `quant_layouts`, `folders` and `..inspector` (spec formats.md §1-§7); nothing here
 branches, so a new layout is a new table row.
 """
 

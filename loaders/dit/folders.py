@@ -14,10 +14,10 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import MissingComponentError, ModelFormatError, UnsupportedModelError
-from .dit_formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, ROLE_PATTERN
-from .key_layouts import find_prefix
-from .safetensors_header import read_header
+from ...errors import MissingComponentError, ModelFormatError, UnsupportedModelError
+from ..files.header import read_header
+from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, ROLE_PATTERN
+from .layouts import find_prefix
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 INDEX_SUFFIX = ".safetensors.index.json"
