@@ -13,10 +13,9 @@ from typing import Mapping
 
 import torch
 
-from ..errors import MissingComponentError, ModelFormatError
+from ..errors import ModelFormatError
 from ..models.clip_vision import ClipVisionEncoder
-from .files.pth import read_pth
-from .files.source import SafetensorsSource
+from .files import open_tensors
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +83,7 @@ def load_clip_vision(path: str | Path, *, dtype: torch.dtype = torch.float16,
         `ClipVisionEncoder`: ``encode(images [N, 3, H, W] in [-1, 1]) -> [N, 257, 1280]``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingComponentError(f"{path}: CLIP vision file not found")
-    if path.suffix in (".pth", ".pt"):
-        tensors: Mapping[str, torch.Tensor] = read_pth(path)
-    else:
-        tensors = SafetensorsSource.from_files([path], name=str(path))
+    tensors = open_tensors(path, what="CLIP vision file")
     model = ClipVisionEncoder.from_state_dict(official_tower(tensors, str(path)), dtype=dtype, device=device,
                                               source=str(path))
     config = model.config

@@ -20,9 +20,7 @@ from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
 from .dit.formats import CODES_OF_DTYPE
-from .files.pth import read_pth
-from .files.source import SafetensorsSource
-from .files.views import TensorEntry, TensorView, view_of_tensors
+from .files import TensorEntry, TensorView, open_tensors
 from .quantization import LastLayerQuantizer
 
 log = logging.getLogger(__name__)
@@ -181,13 +179,8 @@ def _dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def read_text_encoder_file(path: Path) -> TensorView:
-    """The raw tensors of a T5 file: ``.pth``/``.pt`` via the safe reader, anything else as safetensors (shapes and
-    dtypes from its header)."""
-    if not path.is_file():
-        raise MissingComponentError(f"{path}: text encoder file not found")
-    if path.suffix in (".pth", ".pt"):
-        return view_of_tensors(read_pth(path), str(path))
-    return SafetensorsSource.from_files([path], name=str(path)).view()
+    """The raw tensors of a T5 file (``.pth``/``.pt`` or ``.safetensors``), read lazily through `open_tensors`."""
+    return open_tensors(path, what="text encoder file")
 
 
 def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, dtype: torch.dtype = torch.bfloat16,

@@ -1,8 +1,8 @@
 """Load a Wan2.1 or Wan2.2 VAE from the official ``.pth`` or its ComfyUI ``.safetensors`` twin.
 
 Entry point: `load_vae(path)`. Both files use the official key names (spec formats.md §8.3); they differ in
-container and disk dtype (the ComfyUI twins are half precision), so reading is a table of readers by suffix and
-everything after it is shared. The version and widths are inferred from tensor shapes, which also lets tiny
+container and disk dtype (the ComfyUI twins are half precision), so `open_tensors` reads either and everything
+after it is shared. The version and widths are inferred from tensor shapes, which also lets tiny
 test models load.
 """
 
@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
-from safetensors.torch import load_file
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.vae2_1 import VaeConfig, WanVAE, WanVAE21
 from ..models.vae2_2 import WanVAE22
-from ..models.weights import assign_weights
-from .files.pth import read_pth
+from ..models.weights import assign_weights, tensor_shapes
+from .files import TensorView, open_tensors
 
 log = logging.getLogger(__name__)
 
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as error:  # safetensors raises its own types for a bad header
-        raise ModelFormatError(f"{path}: not a readable safetensors file ({error})") from None
-
-
-# File suffix -> reader returning official-named tensors. The .pth reader never runs pickled code.
-READERS: dict[str, Callable[[Path], dict[str, torch.Tensor]]] = {
-    ".pth": read_pth,
-    ".pt": read_pth,
-    ".safetensors": _read_safetensors,
-}
 
 WAN_VAE_MARKER = "decoder.middle.0.residual.0.gamma"
 # version -> (key only that version has, network class, channels into the encoder / out of the decoder)
@@ -47,16 +32,9 @@ VERSIONS: dict[str, tuple[str, type[WanVAE], int]] = {
 LATENT_CHANNELS = {"2.1": 16, "2.2": 48}
 
 
-def read_vae_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a VAE file, by its suffix (``.pth``/``.pt`` or ``.safetensors``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such file (expected Wan2.1_VAE.pth, Wan2.2_VAE.pth or a ComfyUI "
-                               "wan_2.1_vae / wan2.2_vae .safetensors)")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise ModelFormatError(f"{path}: unknown VAE file type {path.suffix!r}; expected one of {sorted(READERS)}")
-    return reader(path)
+def read_vae_tensors(path: str | Path) -> TensorView:
+    """The tensors of a VAE file (``.pth``/``.pt`` or ``.safetensors``), read lazily through `open_tensors`."""
+    return open_tensors(path, what="VAE file")
 
 
 def detect_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> VaeConfig:
@@ -87,7 +65,7 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
               device: torch.device | str = "cpu", latent_format: str = "normalized", source: str = "state dict"
               ) -> WanVAE:
     """A Wan VAE from official-named tensors, every key and shape checked, weights cast to ``dtype``."""
-    config = detect_vae_config({key: tuple(t.shape) for key, t in tensors.items()}, source)
+    config = detect_vae_config(tensor_shapes(tensors), source)
     with torch.device("meta"):
         model = VERSIONS[config.version][1](config, latent_format=latent_format)
     return assign_weights(model, tensors, dtype=dtype, device=device, source=source,

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from wan_express.demo import DEMO_CONFIG, random_weights_
-from wan_express.errors import IncompatibleLoraError, ModelFormatError
+from wan_express.errors import IncompatibleLoraError, MissingComponentError, ModelFormatError
 from wan_express.loaders.lora.format import parse_lora, read_lora
 from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.models import WanDiT
@@ -213,5 +213,5 @@ def test_read_lora_reads_a_lightx2v_file(tmp_path):
     module = lora.modules[MODULE]
     assert module.rank == RANK and module.alpha is None and math.isclose(module.scale(), 1.0)
     assert torch.equal(module.up, up.to(torch.bfloat16))
-    with pytest.raises(ModelFormatError, match="not found"):
+    with pytest.raises(MissingComponentError, match="missing.safetensors: LoRA file not found"):
         read_lora(tmp_path / "missing.safetensors")

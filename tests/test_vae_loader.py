@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.errors import InvalidInputError, ModelFormatError, UnsupportedModelError
+from wan_express.errors import InvalidInputError, MissingComponentError, ModelFormatError, UnsupportedModelError
 from wan_express.loaders.vae import detect_vae_config, load_vae
 from wan_express.models.vae2_1 import WAN21_MEAN, WAN21_STD, WanVAE21
 from wan_express.models.vae2_2 import WanVAE22
@@ -132,7 +132,7 @@ def test_broken_and_foreign_files_are_refused_with_the_key(tmp_path, wan21_files
         load_vae(write("rgba.safetensors", rgba))
     with pytest.raises(ModelFormatError, match="unknown VAE file type"):
         load_vae(write("vae.bin", state))
-    with pytest.raises(ModelFormatError, match="no such file"):
+    with pytest.raises(MissingComponentError, match="VAE file not found"):
         load_vae(tmp_path / "absent.pth")
 
 

@@ -21,9 +21,7 @@ from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ..export.writer import read_export_metadata
-from ..files.pth import read_pth
-from ..files.source import SafetensorsSource
-from ..files.views import TensorEntry, TensorView, view_of_tensors
+from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.attach import EXPERTS, LoraSpec, load_loras, route_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..quantization import dequantized, quantized
@@ -264,13 +262,9 @@ class RawUnit:
 def read_unit(unit: ModelUnit) -> RawUnit:
     """Open a unit's files (headers only) and find its key naming; refuses files that are not a DiT."""
     name = str(unit.path)
-    if unit.container == "pth_file":
-        raw, metadata = view_of_tensors(read_pth(unit.path), name), {}
-    else:
-        source = (SafetensorsSource(unit.key_files, name) if unit.key_files is not None
-                  else SafetensorsSource.from_files(unit.files, name))
-        raw, metadata = source.view(), source.metadata()
-    return RawUnit(raw, metadata, detect_key_layout(raw.keys(), name), _read_config_json(unit.config))
+    raw = open_tensors(unit.key_files if unit.key_files is not None
+                       else unit.path if unit.container == "pth_file" else unit.files, name=name)
+    return RawUnit(raw, raw.metadata, detect_key_layout(raw.keys(), name), _read_config_json(unit.config))
 
 
 def open_unit(unit: ModelUnit) -> DitSource:

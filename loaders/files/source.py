@@ -89,4 +89,4 @@ class SafetensorsSource(Mapping[str, torch.Tensor]):
         for key in self._key_files:
             info = self._header_holding(key).tensors[key]
             entries[key] = TensorEntry(info.shape, info.dtype, lambda key=key: self[key])
-        return TensorView(entries, self.name)
+        return TensorView(entries, self.name, self.metadata())

@@ -27,11 +27,13 @@ class TensorView(Mapping[str, torch.Tensor]):
     Args:
         entries: key -> recipe, in the order the keys should be listed.
         name: the file or folder these tensors come from (for messages).
+        metadata: the files' string metadata (safetensors ``__metadata__``; empty for ``.pth``).
     """
 
-    def __init__(self, entries: Mapping[str, TensorEntry], name: str):
+    def __init__(self, entries: Mapping[str, TensorEntry], name: str, metadata: Mapping[str, str] | None = None):
         self.entries = dict(entries)
         self.name = name
+        self.metadata = dict(metadata or {})
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.entries[key].read()

@@ -19,8 +19,7 @@ import torch
 
 from ...errors import IncompatibleLoraError, ModelFormatError
 from ..dit.diffusers_keys import BLOCK_MODULES, TOP_MODULES
-from ..files.pth import read_pth
-from ..files.source import SafetensorsSource
+from ..files import open_tensors
 
 # Key suffix -> role, longest first where one suffix ends another (spec §9.2).
 SUFFIXES = (
@@ -149,14 +148,7 @@ class LoraFile:
 def read_lora(path: str | Path) -> LoraFile:
     """Read a LoRA ``.safetensors`` (or a tensor-only ``.pt``/``.pth``) and parse it with `parse_lora`."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: LoRA file not found")
-    if path.suffix in (".pt", ".pth", ".ckpt"):
-        tensors = read_pth(path)
-    else:
-        source = SafetensorsSource.from_files([path], name=str(path))
-        tensors = {key: source[key] for key in source}
-    return parse_lora(tensors, source=path.name)
+    return parse_lora(open_tensors(path, what="LoRA file"), source=path.name)
 
 
 def parse_lora(tensors: Mapping[str, torch.Tensor], source: str) -> LoraFile:
