@@ -18,8 +18,8 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from .components import find_components
 from .dit.folders import ModelPair, ModelUnit, candidates
 from .dit.formats import FAMILY_PATTERNS, KNOWN_PREFIXES, SIZE_OF_DIM
-from .dit.loader import (DitSource, lightx2v_config_of, open_unit, read_unit, resolve_target,
-                         unsupported_model)
+from .dit.loader import DitSource, open_unit, read_unit, unsupported_model
+from .dit.plan import lightx2v_config_of, resolve_target
 
 # Component field -> plain name (the CLIP encoder is needed only by models with the CLIP branch).
 COMPONENTS = {

@@ -3,13 +3,8 @@ merged at load (e.g. LightX2V's 4-step distill LoRA, or its high-noise / low-noi
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
-from ..loaders import load_dit
-from ..loaders.dit.folders import ModelPair
-from ..loaders.dit.loader import lightx2v_config_of, resolve_target
-from ..loaders.lora.attach import EXPERTS, LoraSpec
+from ..loaders import DitPlan, load_planned, plan_dit
+from ..loaders.lora.attach import LoraSpec
 from . import host
 from .values import DTYPES
 
@@ -17,6 +12,7 @@ QUANTIZATION = ("auto", "fp8", "int8", "bf16")
 NO_LORA = "(none)"
 # auto: the file name's high_noise / low_noise (or high / low) token picks the Wan2.2 expert, else both.
 LORA_EXPERTS = ("auto", "high", "low", "both")
+_EXPERT_CHOICE = {"auto": None, "high": "high", "low": "low", "both": "both"}
 LORA_SLOTS = ("lora", "lora_2")
 
 
@@ -71,35 +67,20 @@ class WanExpressDiTLoader:
     def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = "", **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
         the LoRAs it names, the chosen LoRAs), or an option does."""
-        path = host.resolve_model("diffusion_models", model)
-        target = resolve_target(path, file.strip() or None)
-        units = (target.high, target.low) if isinstance(target, ModelPair) else (target,)
-        config = lightx2v_config_of(path)
-        files = ([path] if path.is_file() else []) + [f for unit in units for f in (*unit.files, unit.config) if f]
-        files += [choice.path for choice in config.loras] if config else []
-        files += [host.resolve_file("loras", loras[slot]) for slot in LORA_SLOTS if loras.get(slot, NO_LORA) != NO_LORA]
-        stamps = [(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files]
-        return repr((stamps, quantization, dtype, file, sorted(loras.items())))
+        return repr((_plan(model, quantization, file, loras).stamp(), dtype))
 
-    def load(self, model: str, quantization: str, dtype: str, file: str = "", lora: str = NO_LORA,
-             lora_strength: float = 1.0, lora_expert: str = "auto", lora_2: str = NO_LORA,
-             lora_2_strength: float = 1.0, lora_2_expert: str = "auto"):
-        path = host.resolve_model("diffusion_models", model)
-        file = file.strip() or None
-        pair = isinstance(resolve_target(path, file), ModelPair)
-        specs = [spec for name, strength, expert in ((lora, lora_strength, lora_expert),
-                                                     (lora_2, lora_2_strength, lora_2_expert)) if name != NO_LORA
-                 for spec in lora_specs(host.resolve_file("loras", name), strength, expert, pair)]
+    def load(self, model: str, quantization: str, dtype: str, file: str = "", **loras):
+        plan = _plan(model, quantization, file, loras)
         host.free_gpu_memory()
         # A Wan2.2 pair waits in CPU memory: the sampler brings in the running expert (both, without offload), so
         # two 14B experts never have to fit on the GPU at once.
-        return (load_dit(path, file=file, quantization=quantization, loras=specs, dtype=DTYPES[dtype],
-                         device="cpu" if pair else host.torch_device()),)
+        return (load_planned(plan, dtype=DTYPES[dtype], device="cpu" if plan.is_pair else host.torch_device()),)
 
 
-def lora_specs(path: Path, strength: float, expert: str, pair: bool) -> list[LoraSpec]:
-    """The node's LoRA choice as `LoraSpec`s: ``both`` on an A14B pair is one spec per expert (overriding a
-    high/low token in the file name); ``auto`` leaves the choice to the file name; a single model takes it once."""
-    if expert == "both" and pair:
-        return [LoraSpec(path, strength, expert=role) for role in EXPERTS]
-    return [LoraSpec(path, strength, expert=expert if expert in EXPERTS else None)]
+def _plan(model: str, quantization: str, file: str, loras: dict) -> DitPlan:
+    """The one resolution both IS_CHANGED and load use: the widgets as a `DitPlan`."""
+    specs = [LoraSpec(host.resolve_file("loras", loras[slot]), loras.get(f"{slot}_strength", 1.0),
+                      expert=_EXPERT_CHOICE[loras.get(f"{slot}_expert", "auto")])
+             for slot in LORA_SLOTS if loras.get(slot, NO_LORA) != NO_LORA]
+    return plan_dit(host.resolve_model("diffusion_models", model), file.strip() or None, loras=specs,
+                    quantization=quantization)

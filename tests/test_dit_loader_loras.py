@@ -14,9 +14,8 @@ from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
-from wan_express.loaders import load_dit
+from wan_express.loaders import load_dit, plan_dit
 from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
-from wan_express.nodes.dit_loader_node import lora_specs
 
 from .loader_files import write_lightx2v
 from .test_lora_apply import extractor_lora, float_model
@@ -112,21 +111,22 @@ def test_a14b_pair_routes_each_lora_to_its_expert(tmp_path, caplog):
     assert f"LoRA {both.name} -> both experts (no high/low token in the file name)" in lines
 
 
-def test_node_expert_choice_both_overrides_the_file_name_on_a_pair_only(tmp_path):
+def test_expert_both_overrides_the_file_name_on_a_pair_and_is_plain_on_a_single_model(tmp_path):
     folder = tmp_path / "Wan2.2-T2V-A14B-tiny"
     write_official_folder(folder / "high_noise_model", DEMO_CONFIG, seed=1)
     write_official_folder(folder / "low_noise_model", DEMO_CONFIG, seed=2)
     lora = write_lora(tmp_path / "wan22_lightning_high_noise.safetensors", seed=25)
-    assert [s.expert for s in lora_specs(lora, 1.0, "both", pair=True)] == ["high", "low"]
-    assert [s.expert for s in lora_specs(lora, 1.0, "both", pair=False)] == [None]
-    assert [s.expert for s in lora_specs(lora, 1.0, "auto", pair=True)] == [None]
-    got_high, got_low = load_dit(folder, loras=lora_specs(lora, 0.7, "both", pair=True), dtype=torch.float32)
+    plan = plan_dit(folder, loras=[LoraSpec(lora, 0.7, expert="both")])
+    assert [len(specs) for specs in plan.loras] == [1, 1] and lora in plan.files
+    assert [len(specs) for specs in plan_dit(folder, loras=[LoraSpec(lora, 0.7)]).loras] == [1, 0]
+    assert plan_dit(folder / "low_noise_model", loras=[LoraSpec(lora, expert="both")]).loras[0][0].path == lora
+    got_high, got_low = load_dit(folder, loras=[LoraSpec(lora, 0.7, expert="both")], dtype=torch.float32)
     assert_same_weights(got_low, merged_after(folder / "low_noise_model", [LoraSpec(lora, 0.7)]))
-    auto_low = load_dit(folder, loras=lora_specs(lora, 0.7, "auto", pair=True), dtype=torch.float32)[1]
+    auto_low = load_dit(folder, loras=[LoraSpec(lora, 0.7)], dtype=torch.float32)[1]
     assert_same_weights(auto_low, load_dit(folder / "low_noise_model", dtype=torch.float32))
 
 
 def test_an_unknown_expert_is_refused_before_anything_loads(official_folder, tmp_path):
     lora = write_lora(tmp_path / "style.safetensors", seed=26)
-    with pytest.raises(InvalidInputError, match="expert 'both'"):
-        load_dit(official_folder, loras=[LoraSpec(lora, expert="both")])
+    with pytest.raises(InvalidInputError, match="expert 'middle'"):
+        load_dit(official_folder, loras=[LoraSpec(lora, expert="middle")])

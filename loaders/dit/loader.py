@@ -16,27 +16,26 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ...errors import InvalidInputError, ModelFormatError, UnsupportedModelError
+from ...errors import ModelFormatError, UnsupportedModelError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ..export.writer import read_export_metadata
 from ..files import TensorEntry, TensorView, open_tensors
-from ..lora.attach import EXPERTS, LoraSpec, load_loras, route_loras
+from ..lora.attach import LoraSpec, load_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..quantization import dequantized, quantized
-from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
+from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
 from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
 from .layouts import KeyLayout, detect_key_layout
-from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
+from .plan import DitPlan, pair_of, plan_dit, resolve_target
 from .quant_layouts import canonicalize
 
-__all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "open_dit", "open_dit_pair", "open_unit",
-           "read_unit", "resolve_target", "unsupported_model"]
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "load_planned", "open_dit", "open_dit_pair",
+           "open_unit", "read_unit", "unsupported_model"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("auto", "bf16", "fp8", "int8")
 _CODES = {"fp8": "fp8_e4m3", "int8": "int8"}
 # config.json values the tensors cannot show; taken from the file when present.
 _CONFIG_ONLY = ("eps", "text_len", "num_heads")
@@ -93,30 +92,15 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 
     ``high_file`` / ``low_file`` name the model inside an expert folder that holds several.
     """
-    pair = _resolve_pair(Path(path), high_file, low_file)
+    pair = pair_of(Path(path), high_file, low_file)
     return open_unit(pair.high), open_unit(pair.low)
-
-
-def _resolve_pair(path: Path, high_file: str | None, low_file: str | None,
-                  config: LightX2VConfig | None = None) -> ModelPair:
-    """The expert files of an A14B folder (``high_file`` / ``low_file`` pick inside each expert folder) or of a
-    LightX2V config (``config``: the one already read from ``path``, else it is read here)."""
-    experts = pair_folders(path) if path.is_dir() else None
-    if experts is not None:
-        pair = ModelPair(path, resolve(experts[0], high_file, role="high"), resolve(experts[1], low_file, role="low"))
-    else:
-        pair = resolve_target(path, None, config)
-    if not isinstance(pair, ModelPair):
-        raise ModelFormatError(f"{path}: not a Wan2.2 A14B model (expected high_noise_model/ and low_noise_model/ "
-                               "subfolders, or a LightX2V config with high_/low_noise checkpoints); use open_dit")
-    return pair
 
 
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
              ) -> WanDiT | tuple[WanDiT, WanDiT]:
-    """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run.
+    """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run: `plan_dit` then `load_planned`.
 
     Args:
         path: a model file, a model folder, a Wan2.2 A14B folder, or a LightX2V config JSON (its ``lora_configs``
@@ -135,29 +119,20 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
         dtype: dtype of the float matmul weights (bf16 or fp32); fp32 islands stay fp32.
         ops_factory: builds the operations factory from the quantized-layer table.
     """
-    if quantization not in QUANTIZATIONS:
-        raise InvalidInputError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    path = Path(path)
-    config_file = lightx2v_config_of(path)
-    if quantization == "auto" and config_file is not None:
-        quantization = config_file.quantization
-    specs = list(config_file.loras) if config_file else []
-    for spec in loras:
-        if spec.expert not in (None, *EXPERTS):
-            raise InvalidInputError(f"LoRA {spec.path}: expert {spec.expert!r} is not 'high', 'low' or None (the "
-                                    "file name decides, else both)")
-    specs += [dataclasses.replace(spec, path=Path(spec.path)) for spec in loras]
+    return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
+                        ops_factory=ops_factory)
+
+
+def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                 ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
+                 ) -> WanDiT | tuple[WanDiT, WanDiT]:
+    """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair."""
+    specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
-    pair_files = file if isinstance(file, tuple) else (None, None)
-    single_file = None if isinstance(file, tuple) else file
-    target = (_resolve_pair(path, *pair_files, config_file) if any(pair_files)
-              else resolve_target(path, single_file, config_file))
-    if isinstance(target, ModelPair):
-        high, low = open_unit(target.high), open_unit(target.low)
-        routed = route_loras(specs)
-        return tuple(_build(source, quantization, device, dtype, ops_factory, [applied[s] for s in routed[role]])
-                     for source, role in ((high, "high"), (low, "low")))
-    return _build(open_unit(target), quantization, device, dtype, ops_factory, [applied[s] for s in specs])
+    models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory,
+                          [applied[spec] for spec in unit_loras])
+                   for unit, unit_loras in zip(plan.units, plan.loras))
+    return models if plan.is_pair else models[0]
 
 
 def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory,
@@ -193,60 +168,6 @@ def _fp32_targets(view: TensorView, keys: list[str], layers: Mapping[str, QuantS
         if key.removesuffix(".weight") not in layers and entry.dtype.is_floating_point:
             entries[key] = TensorEntry(entry.shape, torch.float32, lambda read=entry.read: read().float())
     return TensorView(entries, view.name)
-
-
-def lightx2v_config_of(path: Path) -> LightX2VConfig | None:
-    """The LightX2V config when ``path`` is one; None for model files and folders."""
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path}: invalid JSON ({error})") from None
-    if not is_lightx2v_config(data):
-        raise ModelFormatError(f"{path}: this JSON is not a LightX2V config (a model's config.json is read from "
-                               "its folder: give the folder instead)")
-    return read_lightx2v_config(path)
-
-
-def resolve_target(path: Path, file: str | None, config: LightX2VConfig | None = None) -> ModelUnit | ModelPair:
-    """The files behind a path, following a LightX2V config's selection when the path is one.
-
-    ``config``: the config already read from ``path`` (`lightx2v_config_of`), so it is not read again; None reads
-    it here when ``path`` is one.
-    """
-    if config is None:
-        config = lightx2v_config_of(path)
-    if config is None:
-        return resolve(path, file)
-    if config.high is not None:
-        return ModelPair(path, _single(resolve(config.high, role="high"), config.high),
-                         _single(resolve(config.low, role="low"), config.low))
-    chosen = config.dit or _legacy_quantized_folder(config) or config.model_path
-    if chosen is None:
-        raise ModelFormatError(f"{path}: the config names no model (set model_path or a *_ckpt key)")
-    return resolve(chosen, file)
-
-
-# LightX2V's legacy trees keep quantized weights in a subfolder named after the codes (spec formats.md §4.6); with
-# dit_quantized and no *_quantized_ckpt, LightX2V looks there first.
-_LEGACY_QUANTIZED_SUBFOLDERS = ("{codes}", "distill_{codes}")
-
-
-def _legacy_quantized_folder(config) -> Path | None:
-    if config.quant_scheme is None or config.model_path is None:
-        return None
-    for pattern in _LEGACY_QUANTIZED_SUBFOLDERS:
-        candidate = config.model_path / pattern.format(codes=config.quantization)
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def _single(found: ModelUnit | ModelPair, path: Path) -> ModelUnit:
-    if isinstance(found, ModelPair):
-        raise ModelFormatError(f"{path}: an expert checkpoint must be one model, not an A14B folder")
-    return found
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,8 @@ class LoraSpec:
 def expert_of(spec: LoraSpec) -> tuple[str | None, str]:
     """(``"high"`` / ``"low"`` / None for both Wan2.2 experts, why): the spec's ``expert``, else a token of the file
     name (``high_noise`` / ``low_noise`` first, else a standalone ``high`` / ``low``), else both."""
+    if spec.expert == "both":
+        return None, "chosen"
     if spec.expert is not None:
         return spec.expert, "chosen"
     for pattern in _FILE_EXPERT_TOKENS:
