@@ -20,11 +20,11 @@ from ...errors import ModelFormatError, UnsupportedModelError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
-from ..export.writer import read_export_metadata
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.attach import LoraSpec, load_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..quantization import dequantized, quantized
+from .exported import read_export_metadata
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
 from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
 from .layouts import KeyLayout, detect_key_layout

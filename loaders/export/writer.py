@@ -22,33 +22,13 @@ from ...kernels.quantize import quantize_weight
 from ...kernels.quantized import QuantScheme
 from ...models.weights import tensor_shapes
 from ..dit.formats import SCALED_FP8_MARKER
+from ..dit.exported import METADATA_PREFIX
 from ..files.header import DTYPES, METADATA_KEY
 from ..quantization import is_quantization_target
 
 SAFETENSORS_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
 # Every tensor that is not quantized is written in bf16, as LightX2V's published files are (formats.md §4.2).
 FLOAT_DTYPE = torch.bfloat16
-METADATA_PREFIX = "wan_express."
-
-
-# Metadata fields write_dit's callers record (convert: source, loras, scheme) plus the layout it adds; "loras" is JSON.
-EXPORT_FIELDS = ("source", "loras", "scheme", "layout")
-
-
-def read_export_metadata(metadata: Mapping[str, str], name: str) -> dict[str, object] | None:
-    """What a file written by `write_dit` says about itself: ``{source, loras, scheme, layout}`` (``loras`` decoded:
-    ``[{file, strength, alpha}]``), or None for a file Wan Express did not write."""
-    fields = {field: metadata[METADATA_PREFIX + field] for field in EXPORT_FIELDS if METADATA_PREFIX + field in metadata}
-    if not fields:
-        return None
-    if "loras" in fields:
-        try:
-            fields["loras"] = json.loads(fields["loras"])
-        except json.JSONDecodeError as error:
-            raise ModelFormatError(f"{name}: metadata {METADATA_PREFIX}loras is not valid JSON ({error}); the file "
-                                   "was edited or truncated, export it again") from None
-    return fields
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportFormat:
