@@ -32,7 +32,7 @@ QUANTIZATION_MODES = ("auto", "fp8")
 
 # Hugging Face / ComfyUI T5 names -> official names (formats.md §8.1), applied in order, first match wins.
 HF_TO_OFFICIAL = (
-    (r"^shared\.weight$", "token_embedding.weight"),
+    (r"^shared\.", "token_embedding."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.",
      r"blocks.\1.pos_embedding.embedding."),
@@ -133,9 +133,10 @@ def canonical_text_encoder(tensors: TensorView, *, quantization: str = "auto", d
     """Official-named tensors (canonical quantized form) and the quantized-layer table of a T5 file.
 
     Stored FP8/INT8 block Linears keep their codes (scale -> ``weight_scale`` ``[out, 1]`` or ``[1, 1]``); other
-    stored quantized tensors (e.g. an FP8 embedding) are dequantized. ``quantization="fp8"`` also quantizes float
-    block Linears per output channel (kernels.quantize) on ``device``. Shapes and dtypes come from ``tensors``'
-    entries (a safetensors header), so no weight is read before the model asks for it.
+    stored quantized tensors (e.g. an FP8 embedding) are dequantized. ``quantization="fp8"`` also quantizes the
+    other block Linears per output channel on ``device`` (`quantization.quantized`: float ones once, INT8 ones
+    re-quantized). Shapes and dtypes come from ``tensors``' entries (a safetensors header), so no weight is read
+    before the model asks for it.
     """
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, not {quantization!r}")
@@ -169,8 +170,9 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
             official folder has it; ComfyUI's text-encoder files carry no tokenizer.json, so pass it for those).
         dtype: weights and activations (official: bf16; fp32 for exact CPU runs).
         device: where the encoder runs ("cpu" works, slowly for the full model).
-        quantization: "auto" runs the weights as stored (FP8 files stay FP8); "fp8" also quantizes float block
-            Linears to per-channel FP8 E4M3 (half the memory; dequantized per matmul by the reference linear).
+        quantization: "auto" runs the weights as stored (FP8 files stay FP8); "fp8" brings every block Linear to
+            FP8 E4M3 (float ones per output channel: half the memory; dequantized per matmul by the reference
+            linear).
 
     Returns:
         `TextEncoder`: ``encode(list[str]) -> list[Tensor [L_i, 4096]]``.
