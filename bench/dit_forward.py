@@ -18,8 +18,9 @@ import statistics
 
 import torch
 
-from wan_express.kernels.quantize import block_linear_layers, quantize_layers
+from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantOps, QuantScheme
+from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.models import RELEASED_CONFIGS, WanDiT
 
 LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}  # 81 frames; tokens = 21 * h/2 * w/2

@@ -1,14 +1,13 @@
 """Weight quantization with LightX2V's converter semantics (per output channel), used at load and on export.
 
 `quantize_weight(weight, scheme)` -> (codes, scale) in the canonical form of `kernels.quantized`;
-`quantize_layers(tensors, layers)` applies it to a float state dict at load (``block_linear_layers`` gives the
-usual table: every linear inside the blocks).
+`quantize_layers(tensors, layers)` applies it eagerly to the layers of a float state dict named in a `QuantOps`
+table (which layers a network quantizes is the loaders' business: ``loaders.quantization`` and its callers).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -39,19 +38,9 @@ def quantize_weight(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Te
     return scaled.to(scheme.dtype), scale
 
 
-# LightX2V's W8A8 policy: every linear inside the transformer blocks; embeddings, modulation and head stay float.
-BLOCK_LINEARS = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02])$")
-
-
-def block_linear_layers(keys: Iterable[str], scheme: QuantScheme) -> dict[str, QuantScheme]:
-    """The `QuantOps` layer table quantizing every block linear among the state-dict ``keys``."""
-    return {key[:-len(".weight")]: scheme for key in keys
-            if key.endswith(".weight") and BLOCK_LINEARS.match(key[:-len(".weight")])}
-
-
 def quantize_layers(tensors: Mapping[str, torch.Tensor], layers: Mapping[str, QuantScheme],
                     device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """Online quantization at load: a copy of ``tensors`` where each layer of ``layers`` has its float
+    """Eager quantization of a state dict: a copy of ``tensors`` where each layer of ``layers`` has its float
     ``<layer>.weight`` replaced by codes and a ``<layer>.weight_scale`` added (canonical form, left on
     ``device`` when given).
 

@@ -1,17 +1,18 @@
 """Load the umT5-XXL text encoder and its tokenizer: official ``.pth`` or ComfyUI / Hugging Face safetensors.
 
 Entry point: `load_text_encoder(path, tokenizer=None) -> TextEncoder` (``.encode(prompts)``). Keys are mapped to
-official names (spec formats.md §8.1); FP8 files (legacy ``scale_weight`` or ``weight_scale``) become the
-canonical quantized form of kernels/quantized.py and run through `QuantOps`.
+official names (spec formats.md §8.1, the umT5's rename); quantized files go through the pipeline the DiT uses
+(`.quantization`): its block Linears keep their codes and run through `QuantOps`, other quantized tensors are
+dequantized.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import math
 import re
 from pathlib import Path
+from typing import Collection
 
 import torch
 
@@ -19,9 +20,8 @@ from ..errors import MissingComponentError, ModelFormatError, WanExpressError
 from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
-from .dit.formats import CODES_OF_DTYPE
-from .files import TensorEntry, TensorView, open_tensors
-from .quantization import LastLayerQuantizer
+from .files import TensorView, open_tensors
+from .quantization import Rename, canonicalize, dequantized, quantized
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ QUANTIZATION_MODES = ("auto", "fp8")
 
 # Hugging Face / ComfyUI T5 names -> official names (formats.md §8.1), applied in order, first match wins.
 HF_TO_OFFICIAL = (
-    (r"^shared\.weight$", "token_embedding.weight"),
+    (r"^shared\.", "token_embedding."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.",
      r"blocks.\1.pos_embedding.embedding."),
@@ -42,12 +42,13 @@ HF_TO_OFFICIAL = (
     (r"^encoder\.final_layer_norm\.", "norm."),
 )
 _HF_RULES = tuple((re.compile(pattern), replacement) for pattern, replacement in HF_TO_OFFICIAL)
-# Tensors that carry no weights of the encoder: ComfyUI's scaled-FP8 marker and embedded SentencePiece model,
-# per-layer activation scales and quantization metadata (the reference linear never uses them).
-IGNORED_KEYS = re.compile(r"^(scaled_fp8|spiece_model)$|\.(scale_input|input_scale|comfy_quant)$")
-# The layers the "fp8" option quantizes: every block Linear (the token embedding is a lookup).
+# Stored tensors that are no part of the encoder: ComfyUI's embedded SentencePiece model.
+NOT_ENCODER_KEYS = ("spiece_model",)
+# HF files may repeat ``shared`` as this alias; it is read only where ``shared`` is absent.
+EMBEDDING_ALIAS = "encoder.embed_tokens.weight"
+# The umT5's quantization targets: every block Linear, the only layers that run quantized (the token embedding
+# is a lookup); a stored quantized tensor elsewhere is dequantized.
 BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(attn\.[qkvo]|ffn\.(gate\.0|fc1|fc2))$")
-_SCALE_SUFFIXES = (".weight_scale", ".scale_weight")
 # Official cleaning: ftfy, HTML-unescape twice, collapse runs of Unicode White_Space (what `regex`'s \s matches;
 # Python's \s would also eat U+001C..U+001F).
 _WHITESPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
@@ -106,76 +107,45 @@ def _official_name(key: str) -> str:
     return key
 
 
-def _scheme_for(codes_dtype: torch.dtype, scale_shape: tuple[int, ...], rows: int) -> QuantScheme | None:
-    """The canonical scheme of a stored (codes, scale) pair; None where the codes have no canonical form."""
-    codes = CODES_OF_DTYPE.get(codes_dtype)
-    if codes is None:
-        return None
-    count = math.prod(scale_shape)
-    return QuantScheme(codes, "tensor" if count == 1 else "channel") if count in (1, rows) else None
+def umt5_rename(keys: Collection[str]) -> Rename:
+    """The umT5's `Rename` for a file holding ``keys``: HF / ComfyUI names -> official names (formats.md §8.1)."""
+    alias_used = "shared.weight" not in keys and "token_embedding.weight" not in keys
+
+    def rename(key: str) -> str | None:
+        if key in NOT_ENCODER_KEYS:
+            return None
+        if key == EMBEDDING_ALIAS:
+            return "token_embedding.weight" if alias_used else None
+        return _official_name(key)
+    return rename
+
+
+def is_umt5_target(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether the official-named tensor is the weight of a umT5 block Linear."""
+    layer, _, part = name.rpartition(".")
+    return len(shape) == 2 and part == "weight" and BLOCK_LINEAR.search(layer) is not None
 
 
 def canonical_text_encoder(tensors: TensorView, *, quantization: str = "auto", device: torch.device | str = "cpu",
                            source: str = "state dict") -> tuple[TensorView, dict[str, QuantScheme]]:
     """Official-named tensors (canonical quantized form) and the quantized-layer table of a T5 file.
 
-    Stored FP8/INT8 Linears keep their codes (scale -> ``weight_scale`` ``[out, 1]`` or ``[1, 1]``); other stored
-    quantized tensors (e.g. an FP8 embedding or e5m2 codes) are dequantized. ``quantization="fp8"`` also
-    quantizes float block Linears per output channel (kernels.quantize) on ``device``. Shapes and dtypes come from
-    ``tensors``' entries (a safetensors header), so no weight is read before the model asks for it.
+    Stored FP8/INT8 block Linears keep their codes (scale -> ``weight_scale`` ``[out, 1]`` or ``[1, 1]``); other
+    stored quantized tensors (e.g. an FP8 embedding) are dequantized. ``quantization="fp8"`` also quantizes the
+    other block Linears per output channel on ``device`` (`quantization.quantized`: float ones once, INT8 ones
+    re-quantized). Shapes and dtypes come from ``tensors``' entries (a safetensors header), so no weight is read
+    before the model asks for it.
     """
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, not {quantization!r}")
-    shapes = tensors.shapes()
-    names = {key: _official_name(key) for key in shapes if not IGNORED_KEYS.search(key)}
-    # encoder.embed_tokens is an alias of shared in HF files; use it only when shared is absent.
-    if "encoder.embed_tokens.weight" in names:
-        del names["encoder.embed_tokens.weight"]
-        if "shared.weight" not in shapes and "token_embedding.weight" not in shapes:
-            names["encoder.embed_tokens.weight"] = "token_embedding.weight"
-    scales: dict[str, str] = {}  # layer -> key of its stored scale
-    for key, name in list(names.items()):
-        suffix = next((suffix for suffix in _SCALE_SUFFIXES if name.endswith(suffix)), None)
-        if suffix is not None:
-            del names[key]
-            scales[name.removesuffix(suffix)] = key
-    entries: dict[str, TensorEntry] = {}
-    layers: dict[str, QuantScheme] = {}
-    quantizer = LastLayerQuantizer()
-    for key, name in names.items():
-        stored, layer = tensors.entries[key], name.removesuffix(".weight")
-        entry = stored
-        scale_key = scales.pop(layer, None) if name.endswith(".weight") else None
-        if scale_key is not None:
-            scheme = _scheme_for(stored.dtype, shapes[scale_key], stored.shape[0])
-            if scheme is not None and BLOCK_LINEAR.search(layer):
-                layers[layer] = scheme
-                scale_shape = scheme.scale_shape(stored.shape[0])
-                entries[f"{layer}.weight_scale"] = TensorEntry(
-                    scale_shape, torch.float32,
-                    lambda scale_key=scale_key, s=scale_shape: tensors[scale_key].float().reshape(s))
-            else:
-                entry = TensorEntry(stored.shape, torch.float32,
-                                    lambda key=key, scale_key=scale_key: _dequantize(tensors[key], tensors[scale_key]))
-        elif quantization == "fp8" and BLOCK_LINEAR.search(layer) and len(stored.shape) == 2:
-            scheme = layers[layer] = QuantScheme("fp8_e4m3", "channel")
-            weight = TensorEntry(stored.shape, stored.dtype, lambda read=stored.read: read().to(device))
-            entries[f"{layer}.weight_scale"] = TensorEntry(
-                scheme.scale_shape(stored.shape[0]), torch.float32,
-                lambda layer=layer, w=weight, scheme=scheme: quantizer.get(layer, w, scheme, 1))
-            entry = TensorEntry(stored.shape, scheme.dtype,
-                                lambda layer=layer, w=weight, scheme=scheme: quantizer.get(layer, w, scheme, 0))
-        entries[name] = entry
-    if scales:
-        raise ModelFormatError(f"{source}: scale tensors without a weight: {', '.join(sorted(scales.values())[:4])}")
-    return TensorView(entries, source), layers
-
-
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    scale = scale.float()
-    if scale.numel() not in (1, codes.shape[0]):
-        raise ModelFormatError(f"a scale of shape {tuple(scale.shape)} does not fit a weight of {tuple(codes.shape)}")
-    return codes.float() * scale.reshape(-1, *([1] * (codes.dim() - 1)))
+    canonical = canonicalize(tensors, umt5_rename(tensors.keys()), metadata=tensors.metadata, source=source)
+    shapes = canonical.tensors.shapes()
+    runs = {layer: scheme for layer, scheme in canonical.layers.items()
+            if is_umt5_target(f"{layer}.weight", shapes[f"{layer}.weight"])}
+    view = dequantized(canonical.tensors, {layer: s for layer, s in canonical.layers.items() if layer not in runs})
+    if quantization == "fp8":
+        return quantized(view, runs, "fp8_e4m3", is_umt5_target, device=device)
+    return view, runs
 
 
 def read_text_encoder_file(path: Path) -> TensorView:
@@ -193,8 +163,9 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
             official folder has it; ComfyUI's text-encoder files carry no tokenizer.json, so pass it for those).
         dtype: weights and activations (official: bf16; fp32 for exact CPU runs).
         device: where the encoder runs ("cpu" works, slowly for the full model).
-        quantization: "auto" runs the weights as stored (FP8 files stay FP8); "fp8" also quantizes float block
-            Linears to per-channel FP8 E4M3 (half the memory; dequantized per matmul by the reference linear).
+        quantization: "auto" runs the weights as stored (FP8 files stay FP8); "fp8" brings every block Linear to
+            FP8 E4M3 (float ones per output channel: half the memory; dequantized per matmul by the reference
+            linear).
 
     Returns:
         `TextEncoder`: ``encode(list[str]) -> list[Tensor [L_i, 4096]]``.

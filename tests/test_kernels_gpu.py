@@ -13,8 +13,9 @@ from wan_express.kernels.act_quant import (QuantizedActivation, gelu_tanh_quanti
                                            rms_norm_reference)
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.ops import TorchOps
-from wan_express.kernels.quantize import block_linear_layers, quantize_layers
+from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
+from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.loaders.text_encoder import BLOCK_LINEAR
 from wan_express.models import WanDiT
 from wan_express.models.t5 import T5Config, UMT5Encoder

@@ -12,9 +12,10 @@ from wan_express.kernels import backends
 from wan_express.kernels.act_quant import (QuantizedActivation, layer_norm_quantized, quantize_rows,
                                            quantize_rows_reference, rms_norm_quantized)
 from wan_express.kernels.capability import native_gemm
-from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
+from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.ops import TorchOps
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
+from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.models import WanDiT
 
 SCHEMES = [QuantScheme(codes, granularity) for codes in ("fp8_e4m3", "int8") for granularity in ("channel", "tensor")]

@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, ModelFormatError
 from wan_express.kernels import quantized as quantized_module
-from wan_express.kernels.quantize import block_linear_layers, quantize_layers, quantize_weight
+from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.quantized import QuantizedActivation, QuantLinear, QuantOps, QuantScheme
 from wan_express.loaders.dit.lightx2v_config import read_lightx2v_config
+from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.loaders.lora.attach import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
 from wan_express.loaders.lora.format import parse_lora
 from wan_express.loaders.lora.linear import LoraBranch, LoraLinear

@@ -1,14 +1,12 @@
-"""Facts about DiT file layouts, as data: key prefixes, quantization markers, model signatures, name patterns.
+"""Facts about DiT file layouts, as data: key prefixes, quantization targets, model signatures, name patterns.
 
-Read by `layouts`, `quant_layouts`, `folders` and `..inspector` (spec formats.md §1-§7); nothing here
+Read by `layouts`, `quant_targets`, `folders` and `..inspector` (spec formats.md §1-§7); nothing here
 branches, so a new layout is a new table row.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
 
 # Keys every complete official-named DiT has; whatever precedes them in a file is its prefix (formats.md §7.1).
 ANCHOR_KEYS = ("head.modulation", "blocks.0.self_attn.q.weight")
@@ -17,24 +15,8 @@ DIFFUSERS_ANCHOR_KEYS = ("condition_embedder.time_proj.weight", "blocks.0.attn1.
 # Prefixes seen in the wild; any other prefix is still stripped but reported as unusual.
 KNOWN_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.", "video_model.", "transformer.")
 
-# Top-level marker of the legacy scaled-FP8 layout (formats.md §5.2, §4.4); it is never prefixed.
-SCALED_FP8_MARKER = "scaled_fp8"
-# ComfyUI per-layer metadata: a uint8 JSON tensor per layer, or one header entry for the whole file (§5.3).
-COMFY_QUANT_SUFFIX = "comfy_quant"
-COMFY_QUANT_METADATA = "_quantization_metadata"
-
-# Scale key suffixes, in the order they are looked for: LightX2V / converted ComfyUI, then legacy scaled FP8.
-SCALE_SUFFIXES = ("weight_scale", "scale_weight")
-# Static activation scales: dropped, since activations are quantized per token at run time (performance.md).
-ACTIVATION_SCALE_SUFFIXES = ("input_scale", "scale_input")
-
-# Stored weight dtype -> QuantScheme codes.
-CODES_OF_DTYPE = {torch.float8_e4m3fn: "fp8_e4m3", torch.int8: "int8"}
-
-# ComfyUI comfy_quant "format" -> QuantScheme codes; formats absent here are refused by name.
-COMFY_FORMATS = {"float8_e4m3fn": "fp8_e4m3", "int8_tensorwise": "int8"}
-
-# Which layers LightX2V's converter quantizes: 2-D weights whose third dotted part is one of these (§4.1).
+# Which layers LightX2V's converter quantizes: 2-D weights whose third dotted part is one of these (§4.1), i.e.
+# every attention and FFN linear inside the blocks; embeddings, modulation and head stay float.
 QUANTIZED_PARTS = ("self_attn", "cross_attn", "ffn")
 
 # Recognised but not runnable yet: a key (or config class) that reveals the model -> (variant, plain name).

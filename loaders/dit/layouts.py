@@ -1,6 +1,7 @@
 """Key naming of a DiT file: which prefix it carries and whether it uses diffusers names (formats.md §7.1 step 1).
 
-Entry point: `detect_key_layout(keys, source)` -> `KeyLayout` mapping every official name to the stored key.
+Entry point: `detect_key_layout(keys, source)` -> `KeyLayout` mapping every official name to the stored key; its
+``rename`` is the DiT's `..quantization.Rename`.
 Files that are another component (LoRA, VAE, text or CLIP encoder) are refused here with a message saying so.
 """
 
@@ -10,8 +11,9 @@ import dataclasses
 from typing import Collection, Iterable
 
 from ...errors import ModelFormatError
+from ..quantization import SCALED_FP8_MARKER, Rename, canonical_names
 from .diffusers_keys import official_key
-from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, OTHER_COMPONENTS, SCALED_FP8_MARKER
+from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, OTHER_COMPONENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +23,15 @@ class KeyLayout:
     Attributes:
         prefix: stripped from every key (``""``, ``"model.diffusion_model."``, ...).
         diffusers: keys use diffusers module names (mapped with `diffusers_keys`).
-        names: official name -> stored key, in file order (the ``scaled_fp8`` marker keeps its own name).
+        rename: stored key -> official name; None for a key outside the prefix (the ``scaled_fp8`` marker keeps
+            its own name).
+        names: official name -> stored key, in file order.
         ignored: stored keys outside the prefix (other models packed in the same file), left unread.
     """
 
     prefix: str
     diffusers: bool
+    rename: Rename
     names: dict[str, str]
     ignored: list[str]
 
@@ -65,18 +70,16 @@ def detect_key_layout(keys: Iterable[str], source: str) -> KeyLayout:
         prefix, diffusers = find_prefix(keys, DIFFUSERS_ANCHOR_KEYS), True
     if prefix is None:
         raise not_a_dit_error(keys, source)
-    names: dict[str, str] = {}
-    ignored = []
-    for key in keys:
+
+    def rename(key: str) -> str | None:
         if key == SCALED_FP8_MARKER:  # top level whatever the prefix; read by the quantization step
-            name = key
-        elif not key.startswith(prefix):
-            ignored.append(key)
-            continue
-        else:
-            name = key[len(prefix):]
-            name = official_key(name, source=source) if diffusers else name
-        if name in names:
-            raise ModelFormatError(f"{source}: keys {names[name]!r} and {key!r} both map to {name!r}")
-        names[name] = key
-    return KeyLayout(prefix=prefix, diffusers=diffusers, names=names, ignored=ignored)
+            return key
+        if not key.startswith(prefix):
+            return None
+        name = key[len(prefix):]
+        return official_key(name, source=source) if diffusers else name
+
+    names = canonical_names(keys, rename, source)
+    kept = set(names.values())
+    ignored = [key for key in keys if key not in kept]
+    return KeyLayout(prefix=prefix, diffusers=diffusers, rename=rename, names=names, ignored=ignored)

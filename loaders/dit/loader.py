@@ -2,8 +2,9 @@
 
 Entry points: `open_dit(path, file=None) -> DitSource`, `open_dit_pair(path) -> (high, low)` for Wan2.2 A14B,
 and `load_dit(path, ...)` -> `WanDiT` (or a `(high, low)` pair). Layouts: formats.md §1 rows 1-8 and 10-13, read
-through `folders` (which files), `layouts` (prefix / diffusers names), `quant_layouts` (per-layer
-quantization) and `..quantization` (the ``quantization`` choice). Tensors are read lazily, one at a time.
+through `folders` (which files), `layouts` (prefix / diffusers names: the DiT's rename) and `..quantization`
+(per-layer quantization; the ``quantization`` choice with the DiT's `quant_targets`). Tensors are read lazily,
+one at a time.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from ...models import WanConfig, WanDiT
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.attach import LoraSpec, load_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
-from ..quantization import dequantized, quantized
+from ..quantization import canonicalize, dequantized, quantized
 from .exported import read_export_metadata
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
 from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
 from .layouts import KeyLayout, detect_key_layout
 from .plan import DitPlan, pair_of, plan_dit, resolve_target
-from .quant_layouts import canonicalize
+from .quant_targets import is_quantization_target
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "load_planned", "open_dit", "open_dit_pair",
            "open_unit", "read_unit", "unsupported_model"]
@@ -148,7 +149,7 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
         plan = LoraPlan(loras, tensors.shapes(), source=source.name)
         tensors = merged_view(_fp32_targets(tensors, plan.keys(), layers), plan, layers)
     if quantization in _CODES:
-        tensors, layers = quantized(tensors, layers, _CODES[quantization])
+        tensors, layers = quantized(tensors, layers, _CODES[quantization], is_quantization_target)
     model = WanDiT.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
                                    ops=ops_factory(layers), source=source.name)
     cfg = model.config
@@ -197,7 +198,7 @@ def open_unit(unit: ModelUnit) -> DitSource:
     if unsupported is not None:
         raise UnsupportedModelError(f"{name}: this is a {unsupported[1]} checkpoint ({unsupported[0]}), which Wan "
                                     "Express does not support yet")
-    canonical = canonicalize(raw, metadata, layout, name)
+    canonical = canonicalize(raw, layout.rename, metadata=metadata, source=name)
     config = WanConfig.infer(canonical.tensors.shapes(), source=name)
     config, config_origin = _cross_check(config, found.config_json, unit.config)
     if layout.ignored:

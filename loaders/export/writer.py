@@ -21,10 +21,10 @@ from ...errors import ModelFormatError
 from ...kernels.quantize import quantize_weight
 from ...kernels.quantized import QuantScheme
 from ...models.weights import tensor_shapes
-from ..dit.formats import SCALED_FP8_MARKER
 from ..dit.exported import METADATA_PREFIX
+from ..dit.quant_targets import is_quantization_target
 from ..files.header import DTYPES, METADATA_KEY
-from ..quantization import is_quantization_target
+from ..quantization import SCALED_FP8_MARKER
 
 SAFETENSORS_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
 # Every tensor that is not quantized is written in bf16, as LightX2V's published files are (formats.md §4.2).
