@@ -6,17 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from ..expert_names import EXPERTS
 from ..loaders import load_dit
 from ..loaders.dit.folders import ModelPair
 from ..loaders.dit.loader import lightx2v_config_of, resolve_target
-from ..loaders.lora.attach import EXPERTS, LoraSpec
+from ..loaders.lora.spec import LoraSpec
 from . import host
 from .values import DTYPES
 
 QUANTIZATION = ("auto", "fp8", "int8", "bf16")
 NO_LORA = "(none)"
 # auto: the file name's high_noise / low_noise (or high / low) token picks the Wan2.2 expert, else both.
-LORA_EXPERTS = ("auto", "high", "low", "both")
+LORA_EXPERTS = ("auto", *EXPERTS, "both")
 LORA_SLOTS = ("lora", "lora_2")
 
 

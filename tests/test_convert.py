@@ -23,7 +23,7 @@ from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.dit.loader import load_dit, open_dit
 from wan_express.loaders.export.writer import write_dit
 from wan_express.loaders.inspector import inspect
-from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
+from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
 from wan_express.loaders.lora.merge import LoraPlan
 from wan_express.loaders.quantization import is_quantization_target
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ...errors import InvalidInputError, ModelFormatError, UnsupportedModelError
+from ...expert_names import EXPERTS, HIGH, LOW
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
@@ -24,8 +25,8 @@ from ..export.writer import read_export_metadata
 from ..files.pth import read_pth
 from ..files.source import SafetensorsSource
 from ..files.views import TensorEntry, TensorView, view_of_tensors
-from ..lora.attach import EXPERTS, LoraSpec, load_loras, route_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
+from ..lora.spec import LoraSpec, load_loras, route_loras
 from ..quantization import dequantized, quantized
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
 from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
@@ -105,7 +106,7 @@ def _resolve_pair(path: Path, high_file: str | None, low_file: str | None,
     LightX2V config (``config``: the one already read from ``path``, else it is read here)."""
     experts = pair_folders(path) if path.is_dir() else None
     if experts is not None:
-        pair = ModelPair(path, resolve(experts[0], high_file, role="high"), resolve(experts[1], low_file, role="low"))
+        pair = ModelPair(path, resolve(experts[0], high_file, role=HIGH), resolve(experts[1], low_file, role=LOW))
     else:
         pair = resolve_target(path, None, config)
     if not isinstance(pair, ModelPair):
@@ -158,7 +159,7 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
         high, low = open_unit(target.high), open_unit(target.low)
         routed = route_loras(specs)
         return tuple(_build(source, quantization, device, dtype, ops_factory, [applied[s] for s in routed[role]])
-                     for source, role in ((high, "high"), (low, "low")))
+                     for source, role in ((high, HIGH), (low, LOW)))
     return _build(open_unit(target), quantization, device, dtype, ops_factory, [applied[s] for s in specs])
 
 
@@ -222,8 +223,8 @@ def resolve_target(path: Path, file: str | None, config: LightX2VConfig | None =
     if config is None:
         return resolve(path, file)
     if config.high is not None:
-        return ModelPair(path, _single(resolve(config.high, role="high"), config.high),
-                         _single(resolve(config.low, role="low"), config.low))
+        return ModelPair(path, _single(resolve(config.high, role=HIGH), config.high),
+                         _single(resolve(config.low, role=LOW), config.low))
     chosen = config.dit or _legacy_quantized_folder(config) or config.model_path
     if chosen is None:
         raise ModelFormatError(f"{path}: the config names no model (set model_path or a *_ckpt key)")
