@@ -7,6 +7,8 @@ injected at construction, so the network code stays the same for every precision
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,6 +60,12 @@ class TorchOps:
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""
         return nn.GELU(approximate="tanh")
+
+    def float_inputs(self, names: Iterable[str]) -> "TorchOps":
+        """These operations, with the producers named in ``names`` (the ``name`` given to `norm_modulate`,
+        `layer_norm`, `rms_norm` or `gelu_tanh`) always returning float: for a consumer that needs its exact input
+        rather than a fused quantization of it (a LoRA side branch). The reference never quantizes: itself."""
+        return self
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""

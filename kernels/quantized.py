@@ -11,8 +11,9 @@ the LayerNorm + modulation, affine LayerNorm, T5 RMSNorm and GELU ops that feed 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -156,13 +157,30 @@ class QuantOps(TorchOps):
 
     ``backend`` and ``emulate_activations`` are passed to every `QuantLinear` (see there). Where a quantized
     linear runs natively on CUDA with Triton installed, the LayerNorm + modulation, the affine LayerNorm, the T5
-    RMSNorm and the GELU feeding it quantize their output in the same kernel.
+    RMSNorm and the GELU feeding it quantize their output in the same kernel, except the producers named through
+    `float_inputs`.
     """
 
     def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False):
         backends.check_name(backend)
         self.layers = dict(layers)
         self.backend, self.emulate_activations = backend, emulate_activations
+        self.float_names: frozenset[str] = frozenset()
+
+    def float_inputs(self, names: Iterable[str]) -> "QuantOps":
+        names = self.float_names | frozenset(names)
+        if names == self.float_names:
+            return self
+        ops = copy.copy(self)
+        ops.float_names = names
+        return ops
+
+    def _fused(self, name: str, device: torch.device) -> QuantScheme | None:
+        """The scheme whose codes the producer ``name`` emits on ``device``, or None where it returns float."""
+        scheme = self.layers.get(name)
+        if scheme is None or name in self.float_names or not fuses_quantization(scheme, self.backend, device):
+            return None
+        return scheme
 
     def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
         scheme = self.layers.get(name)
@@ -173,27 +191,27 @@ class QuantOps(TorchOps):
 
     def norm_modulate(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
                       *, name: str) -> torch.Tensor | QuantizedActivation:
-        scheme = self.layers.get(name)
-        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+        scheme = self._fused(name, x.device)
+        if scheme is None:
             return super().norm_modulate(x, shift, scale, eps, name=name)
         return norm_modulate_quantized(x, shift, scale, eps, scheme.codes)
 
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                    *, name: str) -> torch.Tensor | QuantizedActivation:
-        scheme = self.layers.get(name)
-        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+        scheme = self._fused(name, x.device)
+        if scheme is None:
             return super().layer_norm(x, weight, bias, eps, name=name)
         return layer_norm_quantized(x, weight, bias, eps, scheme.codes)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
                  *, name: str) -> torch.Tensor | QuantizedActivation:
-        scheme = self.layers.get(name)
-        if scheme is None or not fuses_quantization(scheme, self.backend, x.device):
+        scheme = self._fused(name, x.device)
+        if scheme is None:
             return super().rms_norm(x, weight, eps, name=name)
         return rms_norm_quantized(x, weight, eps, scheme.codes)
 
     def gelu_tanh(self, *, name: str) -> nn.Module:
         scheme = self.layers.get(name)
-        if scheme is None:
+        if scheme is None or name in self.float_names:
             return super().gelu_tanh(name=name)
         return GeluTanhQuantize(scheme, self.backend)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +170,12 @@ class WanCrossAttention(nn.Module):
 
 
 class WanBlock(nn.Module):
+    # The op outputs that feed linears, by the block-relative name the block gives the ops for each (that of its first
+    # linear: LayerNorm + modulation, the cross-attention LayerNorm, the FFN GELU), and the linears that take each.
+    # An ops factory may quantize such an output in the producing kernel; `float_inputs` turns that off.
+    PRODUCERS = {"self_attn.q": ("self_attn.q", "self_attn.k", "self_attn.v"), "cross_attn.q": ("cross_attn.q",),
+                 "ffn.0": ("ffn.0",), "ffn.2": ("ffn.2",)}
+
     def __init__(self, ops: TorchOps, config: WanConfig, name: str):
         super().__init__()
         dim, self.eps, self.name = config.dim, config.eps, name
@@ -182,6 +188,21 @@ class WanBlock(nn.Module):
             ops.gelu_tanh(name=f"{name}.ffn.2"),
             ops.linear(config.ffn_dim, dim, name=f"{name}.ffn.2"))
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+
+    def float_inputs(self, layers: Iterable[str]) -> Callable[[], None]:
+        """Have the ops producing the inputs of ``layers`` (block linears, e.g. ``ffn.2``) return float, never a fused
+        quantization (`TorchOps.float_inputs`); the linears stay as built. Returns the call that undoes it."""
+        layers = set(layers)
+        names = {f"{self.name}.{producer}" for producer, consumers in self.PRODUCERS.items()
+                 if layers.intersection(consumers)}
+        ops, activation = self.ops, self.ffn[1]
+        self.ops = ops.float_inputs(names)
+        if f"{self.name}.ffn.2" in names:
+            self.ffn[1] = self.ops.gelu_tanh(name=f"{self.name}.ffn.2")
+
+        def restore() -> None:
+            self.ops, self.ffn[1] = ops, activation
+        return restore
 
     def forward(self, x: torch.Tensor, time: TimeConditioning, context: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], compute_dtype: torch.dtype) -> torch.Tensor:

@@ -3,16 +3,17 @@ merged at load (e.g. LightX2V's 4-step distill LoRA, or its high-noise / low-noi
 
 from __future__ import annotations
 
+from ..expert_names import BOTH, EXPERTS
 from ..loaders import DitPlan, load_planned, plan_dit
-from ..loaders.lora.attach import LoraSpec
+from ..loaders.lora.spec import LoraSpec
 from . import host
 from .values import DTYPES
 
 QUANTIZATION = ("auto", "fp8", "int8", "bf16")
 NO_LORA = "(none)"
 # auto: the file name's high_noise / low_noise (or high / low) token picks the Wan2.2 expert, else both.
-LORA_EXPERTS = ("auto", "high", "low", "both")
-_EXPERT_CHOICE = {"auto": None, "high": "high", "low": "low", "both": "both"}
+LORA_EXPERTS = ("auto", *EXPERTS, BOTH)
+_EXPERT_CHOICE = {"auto": None, **{expert: expert for expert in (*EXPERTS, BOTH)}}
 LORA_SLOTS = ("lora", "lora_2")
 
 

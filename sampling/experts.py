@@ -13,13 +13,15 @@ from typing import Callable, Sequence
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..expert_names import EXPERTS, HIGH, LOW
 
 log = logging.getLogger(__name__)
 
 ExpertHook = Callable[[nn.Module, nn.Module], None]
 """Called as ``hook(active, idle)`` before the first model call of each expert segment of a two-expert run."""
 
-HIGH_NOISE, LOW_NOISE = 0, 1
+# Index of each expert in a pair: its place in the run order.
+HIGH_NOISE, LOW_NOISE = EXPERTS.index(HIGH), EXPERTS.index(LOW)
 
 
 class Experts:
@@ -48,7 +50,7 @@ class Experts:
     def activate(self, index: int) -> nn.Module:
         """The model for a step of expert `index`; runs the hook when the pair switches."""
         if self.pair and index != self.active:
-            log.debug("switching to the %s-noise expert", "high" if index == HIGH_NOISE else "low")
+            log.debug("switching to the %s-noise expert", EXPERTS[index])
             if self.hook is not None:
                 self.hook(self.models[index], self.models[1 - index])
         self.active = index

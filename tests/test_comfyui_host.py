@@ -17,8 +17,8 @@ from wan_express import NODE_CLASS_MAPPINGS
 from wan_express.loaders.export import convert
 from wan_express.demo import write_official_folder
 from wan_express.loaders.dit.loader import open_dit
-from wan_express.loaders.lora.attach import load_loras
 from wan_express.loaders.lora.merge import LoraPlan, MergedTensors
+from wan_express.loaders.lora.spec import load_loras
 from wan_express.loaders.quantization import dequantized
 from wan_express.models import WanConfig
 

@@ -24,7 +24,7 @@ from wan_express.loaders.dit.loader import load_dit, open_dit
 from wan_express.loaders.dit.quant_targets import is_quantization_target
 from wan_express.loaders.export.writer import write_dit
 from wan_express.loaders.inspector import inspect
-from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
+from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
 from wan_express.loaders.lora.merge import LoraPlan
 
 from .test_lora_apply import extractor_lora, float_model, inputs, l2_error

@@ -15,7 +15,7 @@ from wan_express.errors import InvalidInputError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders import load_dit, plan_dit
-from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
+from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
 
 from .loader_files import write_lightx2v
 from .test_lora_apply import extractor_lora, float_model
@@ -99,13 +99,13 @@ def test_a14b_pair_routes_each_lora_to_its_expert(tmp_path, caplog):
     chosen = write_lora(tmp_path / "motion.safetensors", seed=23)
     both = write_lora(tmp_path / "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors", seed=24, size=0.05)
     specs = [LoraSpec(high), LoraSpec(low, 0.9), LoraSpec(chosen, 0.5, expert="low"), LoraSpec(both, 2.0)]
-    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.attach")
+    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.spec")
     got_high, got_low = load_dit(folder, loras=specs, dtype=torch.float32)
     want_high = merged_after(folder / "high_noise_model", [specs[0], specs[3]])
     want_low = merged_after(folder / "low_noise_model", [specs[1], specs[2], specs[3]])
     assert_same_weights(got_high, want_high)
     assert_same_weights(got_low, want_low)
-    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora.attach"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora.spec"]
     assert f"LoRA {high.name} -> high-noise expert (file name token 'high_noise')" in lines
     assert "LoRA motion.safetensors -> low-noise expert (chosen)" in lines
     assert f"LoRA {both.name} -> both experts (no high/low token in the file name)" in lines

@@ -9,14 +9,16 @@ import torch
 from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
 from wan_express.kernels import backends
+from wan_express.kernels import quantized as quantized_module
 from wan_express.kernels.act_quant import (QuantizedActivation, layer_norm_quantized, quantize_rows,
                                            quantize_rows_reference, rms_norm_quantized)
 from wan_express.kernels.capability import native_gemm
 from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.ops import TorchOps
-from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
+from wan_express.kernels.quantized import GeluTanhQuantize, QuantLinear, QuantOps, QuantScheme
 from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.models import WanDiT
+from wan_express.models.wan_dit import WanBlock
 
 SCHEMES = [QuantScheme(codes, granularity) for codes in ("fp8_e4m3", "int8") for granularity in ("channel", "tensor")]
 DIT_REL_L2 = 3e-2
@@ -150,6 +152,23 @@ def test_float_layer_sharing_a_quantized_input_dequantizes_it():
     assert torch.allclose(sibling(activation), sibling(activation.dequantize()))
 
 
+def test_float_inputs_turns_off_the_fused_quantization_of_the_named_producers(monkeypatch):
+    # fusing is decided per device (CUDA + Triton); forced here so that the CPU takes the fused path
+    monkeypatch.setattr(quantized_module, "fuses_quantization", lambda scheme, backend, device: True)
+    ops = QuantOps({"blocks.0.ffn.0": QuantScheme("int8"), "blocks.0.ffn.2": QuantScheme("int8")})
+    unfused = ops.float_inputs(["blocks.0.ffn.0", "blocks.0.ffn.2"])
+    x, shift, scale = torch.randn(1, 4, 96), torch.randn(1, 1, 96), torch.randn(1, 1, 96)
+    assert isinstance(ops.norm_modulate(x, shift, scale, 1e-6, name="blocks.0.ffn.0"), QuantizedActivation)
+    assert torch.equal(unfused.norm_modulate(x, shift, scale, 1e-6, name="blocks.0.ffn.0"),
+                       TorchOps().norm_modulate(x, shift, scale, 1e-6, name="blocks.0.ffn.0"))
+    assert isinstance(ops.gelu_tanh(name="blocks.0.ffn.2"), GeluTanhQuantize)
+    assert type(unfused.gelu_tanh(name="blocks.0.ffn.2")) is torch.nn.GELU
+    assert ops.float_names == frozenset() and ops.float_inputs([]) is ops
+    assert unfused.float_inputs(["blocks.0.ffn.0"]) is unfused
+    reference = TorchOps()
+    assert reference.float_inputs(["blocks.0.ffn.0"]) is reference
+
+
 @pytest.fixture(scope="module")
 def tiny_dit_state():
     model = WanDiT(DEMO_CONFIG)
@@ -187,3 +206,44 @@ def test_tiny_dit_w8a8_stays_close_to_bf16(tiny_dit_state, scheme):
     error = ((got - want).norm() / want.norm()).item()
     print(f"tiny DiT {scheme}: relative L2 vs bf16 = {error:.2e}")
     assert torch.isfinite(got).all() and error <= DIT_REL_L2, error
+
+
+def test_the_block_producer_table_is_what_the_block_asks_its_ops_and_feeds_its_linears(tiny_dit_state):
+    state, inputs = tiny_dit_state
+    produced = {}  # id of an op output -> (the name the block gave the ops for it, the output, kept alive)
+
+    def record(name, out):
+        produced[id(out)] = (name, out)
+        return out
+
+    class RecordingOps(TorchOps):
+        def norm_modulate(self, x, shift, scale, eps, *, name):
+            return record(name, super().norm_modulate(x, shift, scale, eps, name=name))
+
+        def layer_norm(self, x, weight, bias, eps, *, name):
+            return record(name, super().layer_norm(x, weight, bias, eps, name=name))
+
+        def gelu_tanh(self, *, name):
+            gelu = super().gelu_tanh(name=name)
+            gelu.register_forward_hook(lambda module, args, out: record(name, out))
+            return gelu
+
+    model = WanDiT.from_state_dict(state, ops=RecordingOps())
+    fed = {}  # block linear -> the producer name of its input, None for any other input
+
+    def feeding(layer):
+        def hook(module, args):
+            fed[layer] = produced.get(id(args[0]), (None,))[0]
+        return hook
+
+    for i, block in enumerate(model.blocks):
+        for layer, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(feeding(f"blocks.{i}.{layer}"))
+    with torch.no_grad():
+        model(*inputs)
+    for i in range(DEMO_CONFIG.num_layers):
+        want = {f"blocks.{i}.{consumer}": f"blocks.{i}.{producer}"
+                for producer, consumers in WanBlock.PRODUCERS.items() for consumer in consumers}
+        got = {layer: name for layer, name in fed.items() if layer.startswith(f"blocks.{i}.") and name}
+        assert got == want

@@ -1,16 +1,22 @@
 """Folder rules (one model picked, several never merged), LightX2V config JSONs, and the inspect report / CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from wan_express.errors import MissingComponentError, ModelFormatError, UnsupportedModelError
+from wan_express.expert_names import EXPERTS
 from wan_express.kernels.quantized import QuantLinear
 from wan_express.loaders import inspector
-from wan_express.loaders.dit.lightx2v_config import read_lightx2v_config
+from wan_express.loaders.dit.folders import PAIR_FOLDERS, role_from_name
+from wan_express.loaders.dit.lightx2v_config import LORA_EXPERTS, read_lightx2v_config
 from wan_express.loaders.dit.loader import load_dit, open_dit, open_dit_pair
 from wan_express.loaders.inspector import inspect
+from wan_express.loaders.lora.spec import LoraSpec, expert_of
+from wan_express.nodes.dit_loader_node import LORA_EXPERTS as NODE_LORA_EXPERTS
+from wan_express.sampling.experts import HIGH_NOISE, LOW_NOISE
 
 from .loader_files import save, tiny_weights, write_lightx2v, write_official, write_split
 
@@ -63,6 +69,37 @@ def test_role_comes_from_the_file_name(weights, tmp_path):
     path = write_lightx2v(tmp_path / "wan2.2_t2v_low_noise_14B_fp16.safetensors", weights)
     assert open_dit(path).role == "low"
     assert inspect(path)["models"][0]["family"] == "Wan2.2"
+
+
+@pytest.mark.parametrize("name, expert", [
+    ("wan2.2_t2v_high_noise_14B_fp16.safetensors", "high"),
+    ("wan2.2_i2v_A14b_low_noise_int8_lightx2v_4step.safetensors", "low"),
+    ("Wan22-HighNoise-style.safetensors", "high"),
+    ("Wan2_2-I2V-A14B-LOW_fp8_e4m3fn_scaled_KJ.safetensors", "low"),
+    ("Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors", "high"),
+    ("low_noise_model", "low"),
+    ("highres_fix_lowrank.safetensors", None),
+    ("wan2.1_t2v_14B_highnoisefree.safetensors", None),
+    ("high_noise_and_low_noise_mix.safetensors", None),
+    ("high_noise_LOW.safetensors", "high"),  # the more specific token decides
+    ("wan2.1_t2v_14B_fp16.safetensors", None),
+])
+def test_dit_roles_and_lora_routing_read_an_expert_from_a_name_by_one_rule(name, expert):
+    assert role_from_name(Path("models") / name) == expert
+    assert expert_of(LoraSpec(Path("loras") / name))[0] == expert
+
+
+def test_a_dit_role_falls_back_to_its_folder_name():
+    assert role_from_name(Path("high_noise_model") / "diffusion_pytorch_model.safetensors") == "high"
+    assert role_from_name(Path("Wan2.2-A14B-LOW") / "high_noise_and_low_noise.safetensors") == "low"
+    assert role_from_name(Path("wan_highres") / "model.safetensors") is None
+
+
+def test_expert_names_have_one_home():
+    assert EXPERTS == ("high", "low") and (HIGH_NOISE, LOW_NOISE) == (0, 1)
+    assert PAIR_FOLDERS[0] == ("high_noise_model", "low_noise_model")
+    assert LORA_EXPERTS == {"high_noise_model": "high", "low_noise_model": "low"}
+    assert NODE_LORA_EXPERTS == ("auto", "high", "low", "both")
 
 
 def test_split_folder_with_a_missing_block_is_named(weights, tmp_path):

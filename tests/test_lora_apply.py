@@ -18,10 +18,11 @@ from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.quantized import QuantizedActivation, QuantLinear, QuantOps, QuantScheme
 from wan_express.loaders.dit.lightx2v_config import read_lightx2v_config
 from wan_express.loaders.dit.quant_targets import block_linear_layers
-from wan_express.loaders.lora.attach import LoraSpec, attach_loras, load_loras, merge_loras, route_loras
+from wan_express.loaders.lora.attach import attach_loras, merge_loras
 from wan_express.loaders.lora.format import parse_lora
 from wan_express.loaders.lora.linear import LoraBranch, LoraLinear
 from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
+from wan_express.loaders.lora.spec import LoraSpec, load_loras, route_loras
 from wan_express.models import WanConfig, WanDiT
 
 FLOAT_TOL = 1e-4      # max abs error / max |output|
@@ -312,7 +313,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
         {"path": "/loras/high_noise_and_low_noise_mix.safetensors"},
     ])
     assert specs[1].alpha == 8.0 and specs[1].expert == "low" and specs[0].strength == 1.0
-    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.attach")
+    caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.spec")
     routed = route_loras(specs)
     names = lambda chosen: [spec.path.name for spec in chosen]  # noqa: E731
     both = ["wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "highres_fix_lowrank_lora.safetensors",
@@ -323,7 +324,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
     assert names(routed["low"]) == [
         "distill_b.safetensors", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", both[0],
         "wan22_lightning-LOW.safetensors", both[1], both[2]]
-    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora.attach"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wan_express.loaders.lora.spec"]
     assert len(lines) == len(specs)
     assert "LoRA distill_a.safetensors -> high-noise expert (chosen)" in lines
     assert "LoRA Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors -> high-noise expert (file name token 'HIGH')" \

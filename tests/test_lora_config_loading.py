@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.dit.loader import load_dit
-from wan_express.loaders.lora.attach import LoraSpec, load_loras, merge_loras
+from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
 
 from .test_lora_apply import extractor_lora, float_model
 

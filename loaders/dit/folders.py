@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 
 from ...errors import MissingComponentError, ModelFormatError, UnsupportedModelError
+from ...expert_names import EXPERTS, FOLDERS, HIGH, LOW, expert_in_name
 from ..files.header import read_header
-from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, ROLE_PATTERN
+from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS
 from .layouts import find_prefix
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -27,7 +28,7 @@ SPLIT_NON_BLOCK = "non_block.safetensors"
 _SPLIT_BLOCK = re.compile(r"^block_(\d+)\.safetensors$")
 
 # Expert subfolders: (high, low). Official Wan2.2 A14B, then a diffusers pipeline (transformer = high noise).
-PAIR_FOLDERS = (("high_noise_model", "low_noise_model"), ("transformer", "transformer_2"))
+PAIR_FOLDERS = (tuple(FOLDERS[expert] for expert in EXPERTS), ("transformer", "transformer_2"))
 # Subfolders that hold one model each: diffusers pipelines and legacy LightX2V trees (formats.md §4.6).
 MODEL_SUBFOLDERS = ("transformer", "original", "fp8", "int8", "distill_models", "distill_fp8", "distill_int8")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -68,10 +69,11 @@ class ModelPair:
 
 
 def role_from_name(path: Path) -> str | None:
-    """``"high"`` / ``"low"`` from ``high_noise`` / ``low_noise`` in the file name or a parent folder name."""
-    for part in (path.name, path.parent.name):  # the file (or folder) itself, then where it lies
-        if match := ROLE_PATTERN.search(part):
-            return match.group(1).lower()
+    """``"high"`` / ``"low"`` from the file (or folder) name, else from the folder it lies in (`expert_in_name`:
+    a ``high_noise`` / ``low_noise`` token, else a standalone ``high`` / ``low``)."""
+    for part in (path.name, path.parent.name):
+        if role := expert_in_name(part)[0]:
+            return role
     return None
 
 
@@ -105,8 +107,8 @@ def resolve(path: str | Path, file: str | None = None, *, role: str | None = Non
         raise MissingComponentError(f"{path}: no such file or folder")
     experts = pair_folders(path)
     if experts is not None:
-        return ModelPair(path, _as_unit(resolve(experts[0], role="high"), experts[0]),
-                         _as_unit(resolve(experts[1], role="low"), experts[1]))
+        return ModelPair(path, _as_unit(resolve(experts[0], role=HIGH), experts[0]),
+                         _as_unit(resolve(experts[1], role=LOW), experts[1]))
     role = role or role_from_name(path)
     config = path / CONFIG_NAME if (path / CONFIG_NAME).is_file() else None
     unit = _folder_unit(path, config, role)

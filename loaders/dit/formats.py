@@ -40,8 +40,6 @@ OTHER_COMPONENTS = (
      "load it with the CLIP vision loader"),
 )
 
-# Expert role from a file or folder name (the only place it is recorded, formats.md §4.7).
-ROLE_PATTERN = re.compile(r"(?<![a-z])(high|low)[_\-]?noise", re.IGNORECASE)
 # Family hints in names, for the shapes that Wan2.1 and Wan2.2 share (T2V-14B).
 FAMILY_PATTERNS = ((re.compile(r"wan[_\-. ]?2[._]?2|a14b", re.IGNORECASE), "Wan2.2"),
                    (re.compile(r"wan[_\-. ]?2[._]?1", re.IGNORECASE), "Wan2.1"))

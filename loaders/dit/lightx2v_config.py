@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError, UnsupportedModelError
-from ..lora.attach import LoraSpec
+from ...expert_names import FOLDERS
+from ..lora.spec import LoraSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ CHECKPOINT_KEYS = {
 LOADER_KEYS = ("model_path", "dit_quantized", "dit_quant_scheme", "lora_configs",
                *(key for pair in CHECKPOINT_KEYS.values() for key in pair))
 SAMPLING_KEYS = ("denoising_step_list", "sample_shift", "boundary_step_index", "sample_guide_scale")
-LORA_EXPERTS = {"high_noise_model": "high", "low_noise_model": "low"}
+# lora_configs ``name`` -> the expert it takes: LightX2V names an expert by its A14B subfolder.
+LORA_EXPERTS = {folder: expert for expert, folder in FOLDERS.items()}
 
 
 @dataclasses.dataclass(frozen=True)

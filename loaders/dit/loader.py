@@ -22,8 +22,8 @@ from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ..files import TensorEntry, TensorView, open_tensors
-from ..lora.attach import LoraSpec, load_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
+from ..lora.spec import LoraSpec, load_loras
 from ..quantization import canonicalize, dequantized, quantized
 from .exported import read_export_metadata
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit

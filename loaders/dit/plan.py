@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import InvalidInputError, ModelFormatError
-from ..lora.attach import EXPERTS, LoraSpec, route_loras
+from ...expert_names import BOTH, EXPERTS, HIGH, LOW
+from ..lora.spec import LoraSpec, route_loras
 from .folders import ModelPair, ModelUnit, pair_folders, resolve
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
 
@@ -80,7 +81,7 @@ def plan_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
     if quantization == "auto" and config is not None:
         quantization = config.quantization
     for spec in loras:
-        if spec.expert not in (None, "both", *EXPERTS):
+        if spec.expert not in (None, BOTH, *EXPERTS):
             raise InvalidInputError(f"LoRA {spec.path}: expert {spec.expert!r} is not 'high', 'low', 'both' or "
                                     "None (the file name decides, else both)")
     specs = [*(config.loras if config else ()), *(dataclasses.replace(spec, path=Path(spec.path)) for spec in loras)]
@@ -103,7 +104,7 @@ def _resolve_pair(path: Path, high_file: str | None, low_file: str | None,
                   config: LightX2VConfig | None) -> ModelPair:
     experts = pair_folders(path) if path.is_dir() else None
     if experts is not None:
-        pair = ModelPair(path, resolve(experts[0], high_file, role="high"), resolve(experts[1], low_file, role="low"))
+        pair = ModelPair(path, resolve(experts[0], high_file, role=HIGH), resolve(experts[1], low_file, role=LOW))
     else:
         pair = resolve_target(path, None, config)
     if not isinstance(pair, ModelPair):
@@ -137,8 +138,8 @@ def resolve_target(path: Path, file: str | None, config: LightX2VConfig | None =
     if config is None:
         return resolve(path, file)
     if config.high is not None:
-        return ModelPair(path, _single(resolve(config.high, role="high"), config.high),
-                         _single(resolve(config.low, role="low"), config.low))
+        return ModelPair(path, _single(resolve(config.high, role=HIGH), config.high),
+                         _single(resolve(config.low, role=LOW), config.low))
     chosen = config.dit or _legacy_quantized_folder(config) or config.model_path
     if chosen is None:
         raise ModelFormatError(f"{path}: the config names no model (set model_path or a *_ckpt key)")

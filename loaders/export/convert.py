@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ...errors import InvalidInputError
 from ..dit.loader import open_dit
-from ..lora.attach import LoraSpec, load_loras
+from ..lora.spec import LoraSpec, load_loras
 from ..lora.merge import LoraPlan, MergedTensors
 from ..quantization import dequantized
 from .writer import EXPORT_FORMATS, write_dit
