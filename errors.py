@@ -27,3 +27,11 @@ class IncompatibleLoraError(WanExpressError):
 
 class InvalidInputError(WanExpressError):
     """Tensors handed to a network have shapes or values it cannot accept."""
+
+
+class NonFiniteLatentError(WanExpressError):
+    """The latent became NaN or Inf during sampling."""
+
+
+class SamplingInterrupted(WanExpressError):
+    """The interrupt check asked the sampler to stop."""
