@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from .loaders import find_components, load_dit, load_text_encoder, load_vae
 from .loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
 from .loaders.dit.loader import CONFIG_NAME, INDEX_NAME
-from .models import T5Config, UMT5Encoder, VaeConfig, WanConfig, WanDiT, WanVAE21, WanVAE22
+from .models import T5Config, UMT5Encoder, VaeConfig, WanConfig, WanDiT
+from .models.latent_spaces import latent_space_of_vae
 from .sampling import DistillSchedule, sample, text_to_video
 
 DEMO_CONFIG = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
@@ -74,8 +75,8 @@ def write_vae(path: Path, version: str = "2.1", *, seed: int = 0, width: int = 8
 
     ``.pth`` paths are written as the official files are (a plain tensor dict); others as safetensors.
     """
-    vae_class, z_dim = (WanVAE21, 16) if version == "2.1" else (WanVAE22, 48)
-    vae = vae_class(VaeConfig(version, dim=width, dec_dim=width, z_dim=z_dim))
+    space = latent_space_of_vae(version)
+    vae = space.vae_class(VaeConfig(version, dim=width, dec_dim=width, z_dim=space.channels))
     random_weights_(vae, seed)
     tensors = {key: tensor.contiguous() for key, tensor in vae.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .latent_spaces import WAN22_LATENT
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 
@@ -156,7 +157,7 @@ class WanConfig:
             model_type = "flf2v"
         elif clip_branch or in_dim > out_dim:
             model_type = "i2v"
-        elif out_dim == 48:
+        elif out_dim == WAN22_LATENT.channels:
             model_type = "ti2v"
         else:
             model_type = "t2v"

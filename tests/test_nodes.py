@@ -14,7 +14,7 @@ from wan_express.models import ClipVisionConfig, ClipVisionEncoder, WanConfig, W
 from wan_express.nodes.component_nodes import WanExpressCLIPVisionEncode, WanExpressTextEncode, WanExpressVAEDecode
 from wan_express.nodes.sampler_node import WanExpressSampler
 from wan_express.sampling import DistillSchedule, sample, text_to_video
-from wan_express.sampling.latent_space import to_normalized, to_raw
+from wan_express.models.latent_spaces import to_normalized, to_raw
 
 SAMPLER_DEFAULTS = dict(width=96, height=64, length=9, seed=3, schedule="distill",
                         denoising_step_list="1000,750,500,250", steps=4, shift=5.0, cfg=1.0, noise_source="cpu",
