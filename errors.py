@@ -35,3 +35,17 @@ class NonFiniteLatentError(WanExpressError):
 
 class SamplingInterrupted(WanExpressError):
     """The interrupt check asked the sampler to stop."""
+
+
+class UnsupportedVariantError(UnsupportedModelError):
+    """A recognised Wan variant that cannot run yet (VACE, Animate).
+
+    Attributes:
+        variant: short name (``"vace"``, ``"animate"``).
+        model: plain name (``"Wan2.1 VACE"``).
+    """
+
+    def __init__(self, message: str, variant: str, model: str):
+        super().__init__(message)
+        self.variant = variant
+        self.model = model

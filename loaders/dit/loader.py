@@ -16,10 +16,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ...errors import InvalidInputError, ModelFormatError, UnsupportedModelError
+from ...errors import InvalidInputError, ModelFormatError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
+from ...models.unsupported import refuse_unsupported
 from ..export.writer import read_export_metadata
 from ..files.pth import read_pth
 from ..files.source import SafetensorsSource
@@ -28,13 +29,12 @@ from ..lora.attach import EXPERTS, LoraSpec, load_loras, route_loras
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..quantization import dequantized, quantized
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit, pair_folders, resolve
-from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
 from .layouts import KeyLayout, detect_key_layout
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
 from .quant_layouts import canonicalize
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "open_dit", "open_dit_pair", "open_unit",
-           "read_unit", "resolve_target", "unsupported_model"]
+           "resolve_target"]
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class RawUnit:
     config_json: dict[str, Any] | None
 
 
-def read_unit(unit: ModelUnit) -> RawUnit:
+def _read_unit(unit: ModelUnit) -> RawUnit:
     """Open a unit's files (headers only) and find its key naming; refuses files that are not a DiT."""
     name = str(unit.path)
     if unit.container == "pth_file":
@@ -276,12 +276,9 @@ def read_unit(unit: ModelUnit) -> RawUnit:
 def open_unit(unit: ModelUnit) -> DitSource:
     """Open resolved files as a `DitSource` (refusing VACE / Animate and anything that is not a DiT)."""
     name = str(unit.path)
-    found = read_unit(unit)
+    found = _read_unit(unit)
     raw, metadata, layout = found.raw, found.metadata, found.layout
-    unsupported = unsupported_model(layout.names, found.config_json)
-    if unsupported is not None:
-        raise UnsupportedModelError(f"{name}: this is a {unsupported[1]} checkpoint ({unsupported[0]}), which Wan "
-                                    "Express does not support yet")
+    refuse_unsupported(layout.names, found.config_json, name)
     canonical = canonicalize(raw, metadata, layout, name)
     config = WanConfig.infer(canonical.tensors.shapes(), source=name)
     config, config_origin = _cross_check(config, found.config_json, unit.config)
@@ -301,14 +298,6 @@ def open_unit(unit: ModelUnit) -> DitSource:
     return DitSource(tensors=canonical.tensors, config=config, layers=canonical.layers, name=name, role=unit.role,
                      path=unit.path, layout=_layout(unit.container, layout.prefix, layout.diffusers,
                                                     canonical.summary["quant_format"]), details=details)
-
-
-def unsupported_model(names: Mapping[str, str], config_json: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """(variant, plain name) of a recognised model we cannot run yet (VACE, Animate), from keys or config.json."""
-    for key, model in UNSUPPORTED_KEYS.items():
-        if key in names:
-            return model
-    return UNSUPPORTED_CLASSES.get((config_json or {}).get("_class_name"))
 
 
 def _layout(container: str, prefix: str, diffusers: bool, quant_format: str) -> str:
