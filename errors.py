@@ -27,3 +27,25 @@ class IncompatibleLoraError(WanExpressError):
 
 class InvalidInputError(WanExpressError):
     """Tensors handed to a network have shapes or values it cannot accept."""
+
+
+class NonFiniteLatentError(WanExpressError):
+    """The latent became NaN or Inf during sampling."""
+
+
+class SamplingInterrupted(WanExpressError):
+    """The interrupt check asked the sampler to stop."""
+
+
+class UnsupportedVariantError(UnsupportedModelError):
+    """A recognised Wan variant that cannot run yet (VACE, Animate).
+
+    Attributes:
+        variant: short name (``"vace"``, ``"animate"``).
+        model: plain name (``"Wan2.1 VACE"``).
+    """
+
+    def __init__(self, message: str, variant: str, model: str):
+        super().__init__(message)
+        self.variant = variant
+        self.model = model

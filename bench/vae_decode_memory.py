@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from wan_express.demo import random_weights_
 from wan_express.models.vae2_1 import WAN21_VAE, WanVAE21
+from wan_express.synthetic import random_weights_
 
 # name, latent (frames, height, width), decode options
 CASES = [

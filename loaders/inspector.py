@@ -14,11 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError, UnsupportedModelError
+from ..errors import ModelFormatError, UnsupportedVariantError
 from .components import find_components
 from .dit.folders import ModelPair, ModelUnit, candidates
 from .dit.formats import FAMILY_PATTERNS, KNOWN_PREFIXES, SIZE_OF_DIM
-from .dit.loader import DitSource, open_unit, read_unit, unsupported_model
+from .dit.loader import DitSource, open_unit
 from .dit.plan import lightx2v_config_of, resolve_target
 
 # Component field -> plain name (the CLIP encoder is needed only by models with the CLIP branch).
@@ -77,13 +77,9 @@ def inspect(path: str | Path, file: str | None = None) -> dict[str, Any]:
 def _model_report(unit: ModelUnit) -> dict[str, Any]:
     try:
         source = open_unit(unit)
-    except UnsupportedModelError as error:
-        found = read_unit(unit)
-        model = unsupported_model(found.layout.names, found.config_json)
-        if model is None:
-            raise
-        return {"name": unit.path.name, "path": str(unit.path), "supported": False, "variant": model[0],
-                "model": model[1], "role": unit.role, "reason": str(error)}
+    except UnsupportedVariantError as error:
+        return {"name": unit.path.name, "path": str(unit.path), "supported": False, "variant": error.variant,
+                "model": error.model, "role": unit.role, "reason": str(error)}
     return _source_report(source)
 
 

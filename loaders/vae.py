@@ -15,8 +15,8 @@ from typing import Mapping
 import torch
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..models.vae2_1 import VaeConfig, WanVAE, WanVAE21
-from ..models.vae2_2 import WanVAE22
+from ..models.latent_spaces import latent_space_of_vae
+from ..models.vae2_1 import VaeConfig, WanVAE
 from ..models.weights import assign_weights, tensor_shapes
 from .files import TensorView, open_tensors
 
@@ -24,12 +24,12 @@ log = logging.getLogger(__name__)
 
 
 WAN_VAE_MARKER = "decoder.middle.0.residual.0.gamma"
-# version -> (key only that version has, network class, channels into the encoder / out of the decoder)
-VERSIONS: dict[str, tuple[str, type[WanVAE], int]] = {
-    "2.2": ("decoder.upsamples.0.upsamples.0.residual.2.weight", WanVAE22, 12),
-    "2.1": ("decoder.upsamples.0.residual.2.weight", WanVAE21, 3),
+# version -> (key only that version has, channels into the encoder / out of the decoder); the network class and
+# latent width of each version come from its latent space.
+VERSIONS: dict[str, tuple[str, int]] = {
+    "2.2": ("decoder.upsamples.0.upsamples.0.residual.2.weight", 12),
+    "2.1": ("decoder.upsamples.0.residual.2.weight", 3),
 }
-LATENT_CHANNELS = {"2.1": 16, "2.2": 48}
 
 
 def read_vae_tensors(path: str | Path) -> TensorView:
@@ -41,22 +41,22 @@ def detect_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> Vae
     """Version and widths of a Wan VAE from its tensor shapes (spec formats.md §8.3)."""
     if WAN_VAE_MARKER not in shapes:
         raise ModelFormatError(f"{source}: not a Wan VAE (no {WAN_VAE_MARKER!r}); load a Wan2.1 or Wan2.2 VAE file")
-    version = next((name for name, (marker, _, _) in VERSIONS.items() if marker in shapes), None)
+    version = next((name for name, (marker, _) in VERSIONS.items() if marker in shapes), None)
     if version is None:
         raise ModelFormatError(f"{source}: a Wan VAE without the decoder stage keys of Wan2.1 or Wan2.2 "
-                               f"({', '.join(marker for marker, _, _ in VERSIONS.values())})")
+                               f"({', '.join(marker for marker, _ in VERSIONS.values())})")
     for key in ("encoder.conv1.weight", "decoder.head.0.gamma", "decoder.head.2.weight", "conv2.weight"):
         if key not in shapes:
             raise ModelFormatError(f"{source}: Wan{version} VAE tensor {key!r} is missing; the file is incomplete")
-    pixels = VERSIONS[version][2]
+    pixels = VERSIONS[version][1]
     if shapes["encoder.conv1.weight"][1] != pixels or shapes["decoder.head.2.weight"][0] != pixels:
         raise UnsupportedModelError(
             f"{source}: Wan{version} VAE with {shapes['encoder.conv1.weight'][1]} input / "
             f"{shapes['decoder.head.2.weight'][0]} output channels; only the RGB layout ({pixels}) is supported")
-    z_dim = shapes["conv2.weight"][0]
-    if z_dim != LATENT_CHANNELS[version]:
+    z_dim, channels = shapes["conv2.weight"][0], latent_space_of_vae(version).channels
+    if z_dim != channels:
         raise UnsupportedModelError(f"{source}: Wan{version} VAE with a {z_dim}-channel latent; only "
-                                    f"{LATENT_CHANNELS[version]} channels have official latent statistics")
+                                    f"{channels} channels have official latent statistics")
     return VaeConfig(version, dim=shapes["encoder.conv1.weight"][0], dec_dim=shapes["decoder.head.0.gamma"][0],
                      z_dim=z_dim)
 
@@ -67,7 +67,7 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
     """A Wan VAE from official-named tensors, every key and shape checked, weights cast to ``dtype``."""
     config = detect_vae_config(tensor_shapes(tensors), source)
     with torch.device("meta"):
-        model = VERSIONS[config.version][1](config, latent_format=latent_format)
+        model = latent_space_of_vae(config.version).vae_class(config, latent_format=latent_format)
     return assign_weights(model, tensors, dtype=dtype, device=device, source=source,
                           what=f"the Wan{config.version} VAE (dim {config.dim}, decoder {config.dec_dim})")
 

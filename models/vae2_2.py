@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce
 from torch import nn
 
 from .vae2_1 import DIM_MULT, TEMPORAL_DOWN, TEMPORAL_UP, VaeConfig, WanVAE
@@ -27,16 +28,12 @@ PATCH = 2
 
 def patchify(video: torch.Tensor) -> torch.Tensor:
     """[B, C, T, H, W] -> [B, 4C, T, H/2, W/2]; channel (c·2 + column offset)·2 + row offset, as the official."""
-    b, c, t, h, w = video.shape
-    blocks = video.reshape(b, c, t, h // PATCH, PATCH, w // PATCH, PATCH)
-    return blocks.permute(0, 1, 6, 4, 2, 3, 5).reshape(b, c * PATCH * PATCH, t, h // PATCH, w // PATCH)
+    return rearrange(video, "b c t (h q) (w r) -> b (c r q) t h w", q=PATCH, r=PATCH)
 
 
 def unpatchify(pixels: torch.Tensor) -> torch.Tensor:
     """Inverse of `patchify`: [B, 4C, T, h, w] -> [B, C, T, 2h, 2w]."""
-    b, c4, t, h, w = pixels.shape
-    blocks = pixels.reshape(b, c4 // (PATCH * PATCH), PATCH, PATCH, t, h, w)
-    return blocks.permute(0, 1, 4, 5, 3, 6, 2).reshape(b, c4 // (PATCH * PATCH), t, h * PATCH, w * PATCH)
+    return rearrange(pixels, "b (c r q) t h w -> b c t (h q) (w r)", q=PATCH, r=PATCH)
 
 
 def average_down(x: torch.Tensor, out_channels: int, factor_t: int, factor_s: int) -> torch.Tensor:
@@ -45,18 +42,13 @@ def average_down(x: torch.Tensor, out_channels: int, factor_t: int, factor_s: in
     x: [B, C, T, H, W] -> [B, out_channels, ceil(T/ft), H/fs, W/fs]; time is zero-padded at the front to a
     multiple of ft (per chunk, as the official runs it).
     """
-    b, c, t, h, w = x.shape
-    factor = factor_t * factor_s * factor_s
-    if factor == 1 and c == out_channels:
+    if factor_t * factor_s * factor_s == 1 and x.shape[1] == out_channels:
         return x
-    pad_t = -t % factor_t
+    pad_t = -x.shape[2] % factor_t
     if pad_t:
         x = F.pad(x, (0, 0, 0, 0, pad_t, 0))
-        t += pad_t
-    x = x.reshape(b, c, t // factor_t, factor_t, h // factor_s, factor_s, w // factor_s, factor_s)
-    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, out_channels, c * factor // out_channels,
-                                                   t // factor_t, h // factor_s, w // factor_s)
-    return x.mean(dim=2)
+    x = rearrange(x, "b c (t ft) (h fh) (w fw) -> b (c ft fh fw) t h w", ft=factor_t, fh=factor_s, fw=factor_s)
+    return reduce(x, "b (o g) t h w -> b o t h w", "mean", o=out_channels)
 
 
 def duplicate_up(x: torch.Tensor, out_channels: int, factor_t: int, factor_s: int, first_chunk: bool) -> torch.Tensor:
@@ -65,10 +57,9 @@ def duplicate_up(x: torch.Tensor, out_channels: int, factor_t: int, factor_s: in
     x: [B, C, T, H, W] -> [B, out_channels, T·ft, H·fs, W·fs]; on the first chunk the first ft-1 frames are
     dropped, matching the main path, which does not upsample time there.
     """
-    b, c, t, h, w = x.shape
-    repeats = out_channels * factor_t * factor_s * factor_s // c
-    x = x.repeat_interleave(repeats, dim=1).reshape(b, out_channels, factor_t, factor_s, factor_s, t, h, w)
-    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, out_channels, t * factor_t, h * factor_s, w * factor_s)
+    repeats = out_channels * factor_t * factor_s * factor_s // x.shape[1]
+    x = rearrange(x.repeat_interleave(repeats, dim=1), "b (o ft fh fw) t h w -> b o (t ft) (h fh) (w fw)",
+                  ft=factor_t, fh=factor_s, fw=factor_s)
     return x[:, :, factor_t - 1:] if first_chunk else x
 
 

@@ -11,16 +11,13 @@ import re
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .latent_spaces import WAN22_LATENT
+from .unsupported import refuse_unsupported
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 
 # Every released model uses 128-wide attention heads; configs without `num_heads` rely on it.
 HEAD_DIM = 128
-
-# Official files name keys that select a model type we cannot run yet; each maps to the model it reveals.
-_UNSUPPORTED_KEYS = {
-    "vace_patch_embedding.weight": "Wan2.1 VACE",
-}
 
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
@@ -95,8 +92,7 @@ class WanConfig:
         ``clip_branch`` cannot be read from the file (Wan2.1 I2V and Wan2.2 I2V-A14B share the same JSON); the
         loader passes what the weights show. Without it, Wan2.1 semantics are assumed for i2v/flf2v.
         """
-        if data.get("_class_name") == "VaceWanModel" or "vace_layers" in data:
-            raise UnsupportedModelError(f"{source}: Wan2.1 VACE models are not supported yet")
+        refuse_unsupported((), data, source)
         try:
             model_type = data.get("model_type", "t2v")
             dim = int(data["dim"])
@@ -135,9 +131,7 @@ class WanConfig:
             shapes: key -> shape for every tensor of the model, prefixes already stripped.
             source: name of the file or folder, used in error messages.
         """
-        for key, model in _UNSUPPORTED_KEYS.items():
-            if key in shapes:
-                raise UnsupportedModelError(f"{source}: this is a {model} model, which is not supported yet")
+        refuse_unsupported(shapes, None, source)
 
         def shape_of(key: str) -> Sequence[int]:
             if key not in shapes:
@@ -156,7 +150,7 @@ class WanConfig:
             model_type = "flf2v"
         elif clip_branch or in_dim > out_dim:
             model_type = "i2v"
-        elif out_dim == 48:
+        elif out_dim == WAN22_LATENT.channels:
             model_type = "ti2v"
         else:
             model_type = "t2v"

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -388,5 +389,5 @@ class WanDiT(nn.Module):
             tokens = block(tokens, time, context, rope, self.compute_dtype)
         out = self.head(tokens, time)
         f, h, w = grid
-        out = out.view(batch, f, h, w, 2, 2, cfg.out_dim).permute(0, 6, 1, 2, 4, 3, 5)
-        return out.reshape(batch, cfg.out_dim, f, 2 * h, 2 * w)
+        pt, ph, pw = cfg.patch_size
+        return rearrange(out, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw)

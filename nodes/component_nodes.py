@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
-from ..sampling.latent_space import to_normalized
+from ..models.latent_spaces import to_normalized
 from . import host
 from .values import DTYPES, TEXT_LEN, image_of
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MissingComponentError
+from ..models.latent_spaces import LATENT_SPACES
 
 # Folder-type models (official sharded folders, A14B parents) are listed from this key, single files from core's.
 FOLDER_KEY = "wan_express"
@@ -87,7 +88,7 @@ def progress_callback(total: int):
     except ImportError:
         return None
     bar = comfy.utils.ProgressBar(total)
-    formats = {16: comfy.latent_formats.Wan21(), 48: comfy.latent_formats.Wan22()}
+    formats = {space.channels: getattr(comfy.latent_formats, space.comfy_format)() for space in LATENT_SPACES}
 
     def callback(step: int, steps: int, x0) -> None:
         bar.update_absolute(step, steps, preview=_preview(x0, formats.get(x0.shape[1])))

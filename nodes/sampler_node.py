@@ -7,10 +7,9 @@ import logging
 import torch
 
 from ..errors import InvalidInputError
+from ..models.latent_spaces import latent_space, to_raw
 from ..sampling import (DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video, sample,
                         text_to_video, ti2v_image_to_video)
-from ..sampling.latent_space import to_raw
-from ..models import WanVAE21, WanVAE22
 from . import host
 from .values import TEXT_LEN, image_of
 
@@ -157,9 +156,9 @@ class WanExpressSampler:
                 raise InvalidInputError("end_image needs a start_image (first-last-frame video)")
             if config.y_dim:
                 raise InvalidInputError(f"this {config.model_type} model needs a start_image (and a vae)")
-            stride = (WanVAE22 if config.out_dim == 48 else WanVAE21).stride
-            return text_to_video(context, width=width, height=height, frames=length, z_dim=config.out_dim,
-                                 stride=stride, negative_context=negative_context)
+            space = latent_space(config.out_dim)
+            return text_to_video(context, width=width, height=height, frames=length, z_dim=space.channels,
+                                 stride=space.stride, negative_context=negative_context)
         if vae is None:
             raise InvalidInputError("a start_image needs the vae input to encode it")
         area = width * height

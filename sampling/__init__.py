@@ -9,13 +9,13 @@ from .conditioning import (AREA_480P, AREA_720P, AREA_TI2V, Conditioning, first_
                            text_to_video, ti2v_image_to_video)
 from .noise import initial_noise
 from .prompts import DEFAULT_NEGATIVE_PROMPT, negative_prompt
-from .sampler import NonFiniteLatentError, SamplingInterrupted, sample
+from .sampler import sample
 from .schedules import BOUNDARY_I2V, BOUNDARY_T2V, DistillSchedule, FlowEuler, FlowUniPC
 from .sizes import i2v_latent_size, latent_frames, ti2v_output_size
 
 __all__ = [
     "AREA_480P", "AREA_720P", "AREA_TI2V", "BOUNDARY_I2V", "BOUNDARY_T2V", "DEFAULT_NEGATIVE_PROMPT", "Conditioning",
-    "DistillSchedule", "FlowEuler", "FlowUniPC", "NonFiniteLatentError", "SamplingInterrupted", "first_last_to_video",
-    "i2v_latent_size", "image_to_video", "initial_noise", "latent_frames", "negative_prompt", "sample",
+    "DistillSchedule", "FlowEuler", "FlowUniPC", "first_last_to_video", "i2v_latent_size",
+    "image_to_video", "initial_noise", "latent_frames", "negative_prompt", "sample",
     "text_to_video", "ti2v_image_to_video", "ti2v_output_size",
 ]

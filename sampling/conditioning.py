@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..models.latent_spaces import WAN21_LATENT
 from .schedules import BOUNDARY_I2V, BOUNDARY_T2V
 from .sizes import PATCH, check_pixel_size, i2v_latent_size, latent_frames, ti2v_output_size
 
@@ -116,10 +117,10 @@ def _encode_with_mask(vae, video: torch.Tensor, frames: int, *, last_frame: bool
     return torch.cat([mask[None].to(latent), latent], dim=1)
 
 
-def text_to_video(context: torch.Tensor, *, width: int, height: int, frames: int, z_dim: int = 16,
-                  stride: tuple[int, int, int] = (4, 8, 8),
+def text_to_video(context: torch.Tensor, *, width: int, height: int, frames: int,
+                  z_dim: int = WAN21_LATENT.channels, stride: tuple[int, int, int] = WAN21_LATENT.stride,
                   negative_context: torch.Tensor | None = None) -> Conditioning:
-    """Text-only conditioning (Wan2.1/2.2 T2V; TI2V-5B text mode with z_dim 48, stride (4, 16, 16))."""
+    """Text-only conditioning (Wan2.1/2.2 T2V; TI2V-5B text mode with `WAN22_LATENT`'s channels and stride)."""
     latent_t = latent_frames(frames, stride[0])
     lat_h, lat_w = check_pixel_size(height, width, stride[1])
     return Conditioning(context, (z_dim, latent_t, lat_h, lat_w), negative_context)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, WanExpressError
+from ..errors import InvalidInputError, NonFiniteLatentError, SamplingInterrupted
 from .conditioning import Conditioning
 from .experts import ExpertHook, Experts
 from .noise import initial_noise
@@ -27,14 +27,6 @@ ProgressCallback = Callable[[int, int, torch.Tensor], None]
 
 InterruptCheck = Callable[[], bool]
 """Asked before every model call; returning True stops the run (raising inside it stops it too)."""
-
-
-class NonFiniteLatentError(WanExpressError):
-    """The latent became NaN or Inf during sampling."""
-
-
-class SamplingInterrupted(WanExpressError):
-    """The interrupt check asked the sampler to stop."""
 
 
 def _check_interrupt(interrupt: InterruptCheck | None, step: int, total: int) -> None:

@@ -13,21 +13,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import random_weights_
-from wan_express.models import WanConfig, WanDiT
+from wan_express.models import WanConfig
+from wan_express.synthetic import TINY_CONFIG, random_dit_weights, write_dit_shards
 
 from .official_reference import official_to_diffusers
 
-TINY = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 FP8_MAX, INT8_MAX = 448.0, 127.0
 
 
-def tiny_weights(config: WanConfig = TINY, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
+def tiny_weights(config: WanConfig = TINY_CONFIG, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
     """Random official-named weights, rounded to ``dtype`` so every layout stores the same values."""
-    with torch.device("cpu"):
-        model = WanDiT(config)
-    random_weights_(model, seed)
-    return {key: tensor.to(dtype).contiguous() for key, tensor in model.state_dict().items()}
+    return random_dit_weights(config, seed, dtype)
 
 
 def is_target(key: str, tensor: torch.Tensor) -> bool:
@@ -57,18 +53,9 @@ def save(tensors: dict, path: Path, metadata: dict | None = None) -> Path:
     return path
 
 
-def write_official(folder: Path, weights: dict, config: WanConfig = TINY, shards: int = 2) -> Path:
+def write_official(folder: Path, weights: dict, config: WanConfig = TINY_CONFIG) -> Path:
     """Official folder: config.json, configuration.json (ModelScope), fp32 shards and their index."""
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = sorted(weights)
-    weight_map = {}
-    for shard in range(shards):
-        name = f"diffusion_pytorch_model-{shard + 1:05d}-of-{shards:05d}.safetensors"
-        save({k: weights[k].float() for k in keys[shard::shards]}, folder / name)
-        weight_map.update({k: name for k in keys[shard::shards]})
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps({"_diffusers_version": "0.30.0", **config.to_json()}))
+    write_dit_shards(folder, {key: tensor.float() for key, tensor in weights.items()}, config)
     (folder / "configuration.json").write_text(json.dumps({"framework": "Pytorch", "task": "text-to-video"}))
     return folder
 

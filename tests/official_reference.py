@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wan_express.demo import random_weights_
+from wan_express.synthetic import random_weights_
 
 _STANDIN = "_wan_official_modules"
 

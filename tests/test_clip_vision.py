@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
 from wan_express.loaders.clip_vision import load_clip_vision
 from wan_express.loaders.components import CLIP_VISION_FILE
+from wan_express.synthetic import random_weights_
 
 from .test_t5 import import_official, relative_error, relative_l2
 

@@ -14,13 +14,13 @@ import pytest
 from safetensors.torch import save_file
 
 from wan_express import NODE_CLASS_MAPPINGS
-from wan_express.loaders.export import convert
-from wan_express.demo import write_official_folder
 from wan_express.loaders.dit.loader import open_dit
+from wan_express.loaders.export import convert
 from wan_express.loaders.lora.merge import LoraPlan, MergedTensors
 from wan_express.loaders.lora.spec import load_loras
 from wan_express.loaders.quantization import dequantized
 from wan_express.models import WanConfig
+from wan_express.synthetic import write_official_folder
 
 from .comfyui_server import COMFYUI_DIR, COMFYUI_PYTHON, requires_comfyui, running_comfyui
 from .test_lora_apply import extractor_lora, float_model

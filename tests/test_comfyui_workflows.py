@@ -17,10 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from wan_express.demo import DEMO_CONFIG, write_model_folder, write_official_folder, write_text_encoder, \
-    write_tokenizer, write_vae
-from wan_express.loaders.components import TEXT_ENCODER_FILE
 from wan_express.models import WanConfig
+from wan_express.synthetic import TINY_CONFIG, write_components, write_model_folder, write_official_folder
 
 from .comfyui_server import requires_comfyui, running_comfyui, ui_to_api
 from .test_lora_apply import extractor_lora, float_model
@@ -31,7 +29,7 @@ pytestmark = requires_comfyui
 
 
 A14B_I2V = WanConfig("i2v", 36, 16, clip_branch=False, dim=256, ffn_dim=512, num_heads=2, num_layers=1,
-                     text_dim=DEMO_CONFIG.text_dim)
+                     text_dim=TINY_CONFIG.text_dim)
 # The LightX2V distill LoRAs the workflows name (formats.md §4.7, §9.6), and the expert each must reach.
 T2V_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
 I2V_LORAS = {"high": "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
@@ -44,11 +42,7 @@ def write_a14b_i2v_folder(folder: Path) -> Path:
     config = A14B_I2V
     write_official_folder(folder / "high_noise_model", config, seed=1)
     write_official_folder(folder / "low_noise_model", config, seed=2)
-    tokenizer = write_tokenizer(folder)
-    vocab = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"]
-    write_text_encoder(folder / TEXT_ENCODER_FILE, len(vocab), config.text_dim)
-    write_vae(folder / "Wan2.1_VAE.pth")
-    return folder
+    return write_components(folder, config.text_dim)
 
 
 def write_lightx2v_lora(path: Path, config: WanConfig, seed: int) -> Path:
@@ -79,7 +73,7 @@ def comfyui(tmp_path_factory):
     write_model_folder(models / "Wan2.1-T2V-tiny")
     write_a14b_i2v_folder(models / "Wan2.2-I2V-A14B-tiny")
     loras = base / "models" / "loras"
-    write_lightx2v_lora(loras / T2V_LORA, DEMO_CONFIG, seed=31)
+    write_lightx2v_lora(loras / T2V_LORA, TINY_CONFIG, seed=31)
     write_lightx2v_lora(loras / I2V_LORAS["high"], A14B_I2V, seed=32)
     write_lightx2v_lora(loras / I2V_LORAS["low"], A14B_I2V, seed=33)
     (base / "input").mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wan_express.errors import ModelFormatError, UnsupportedModelError
+from wan_express.errors import ModelFormatError, UnsupportedModelError, UnsupportedVariantError
 from wan_express.models import RELEASED_CONFIGS, WanConfig, WanDiT
 
 # spec formats.md §2.3: keys and parameters per released model
@@ -66,6 +66,18 @@ def test_vace_is_recognised_and_refused():
         WanConfig.infer(shapes, source="vace.safetensors")
     with pytest.raises(UnsupportedModelError, match="VACE"):
         WanConfig.from_json({**_BASE_JSON, "_class_name": "VaceWanModel", "vace_layers": [0, 2]})
+    with pytest.raises(UnsupportedModelError, match="VACE"):
+        WanConfig.from_json({**_BASE_JSON, "vace_layers": [0, 2]})
+
+
+def test_animate_is_recognised_and_refused_by_keys_and_class():
+    shapes = {k: t.shape for k, t in meta_state_dict(RELEASED_CONFIGS["Wan2.1-T2V-1.3B"]).items()}
+    shapes["pose_patch_embedding.weight"] = (1536, 16, 1, 2, 2)
+    with pytest.raises(UnsupportedVariantError, match="Animate-14B") as raised:
+        WanConfig.infer(shapes, source="animate.safetensors")
+    assert (raised.value.variant, raised.value.model) == ("animate", "Wan2.2 Animate-14B")
+    with pytest.raises(UnsupportedVariantError, match="Animate-14B"):
+        WanConfig.from_json({**_BASE_JSON, "_class_name": "WanAnimateModel"})
 
 
 def test_non_dit_tensors_are_named_in_the_error():

@@ -15,17 +15,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from wan_express.loaders.export import convert
-from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.dit.loader import load_dit, open_dit
 from wan_express.loaders.dit.quant_targets import is_quantization_target
+from wan_express.loaders.export import convert
 from wan_express.loaders.export.writer import write_dit
 from wan_express.loaders.inspector import inspect
 from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
 from wan_express.loaders.lora.merge import LoraPlan
+from wan_express.synthetic import TINY_CONFIG, write_official_folder
 
 from .test_lora_apply import extractor_lora, float_model, inputs, l2_error
 
@@ -37,7 +37,7 @@ SCHEMES = {"lightx2v-fp8": QuantScheme("fp8_e4m3"), "lightx2v-int8": QuantScheme
 def base_and_loras(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert")
     folder = root / "Wan2.1-T2V-tiny"
-    write_official_folder(folder, DEMO_CONFIG, seed=3)
+    write_official_folder(folder, TINY_CONFIG, seed=3)
     shaped = float_model(seed=3)
     first, second = root / "distill_lora_rank4.safetensors", root / "style_lora.safetensors"
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in extractor_lora(shaped, seed=21).items()}, str(first))
@@ -73,7 +73,7 @@ def online_float_merge(folder: Path, specs):
 
 @torch.no_grad()
 def velocity(model):
-    return model(**inputs(DEMO_CONFIG))
+    return model(**inputs(TINY_CONFIG))
 
 
 def read_file(path: Path):
@@ -122,7 +122,7 @@ def test_quantized_export_reloads_with_the_online_merge_outputs(base_and_loras, 
 
     reloaded = load_dit(out, dtype=torch.float32)
     assert isinstance(reloaded.blocks[0].ffn[0], QuantLinear)
-    assert reloaded.blocks[0].ffn[0].weight_scale.shape == (DEMO_CONFIG.ffn_dim, 1)
+    assert reloaded.blocks[0].ffn[0].weight_scale.shape == (TINY_CONFIG.ffn_dim, 1)
     want = velocity(online)
     online_quantized = load_dit(folder, quantization=scheme.codes.split("_")[0], dtype=torch.float32)
     merge_loras(online_quantized, load_loras(specs))

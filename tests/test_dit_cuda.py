@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from wan_express.demo import random_weights_
 from wan_express.models import WanConfig, WanDiT
+from wan_express.synthetic import random_weights_
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

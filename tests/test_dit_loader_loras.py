@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders import load_dit, plan_dit
 from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
+from wan_express.synthetic import TINY_CONFIG, write_official_folder
 
 from .loader_files import write_lightx2v
 from .test_lora_apply import extractor_lora, float_model
@@ -48,7 +48,7 @@ def assert_same_weights(got, want):
 @pytest.fixture
 def official_folder(tmp_path):
     folder = tmp_path / "Wan2.1-T2V-tiny"
-    write_official_folder(folder, DEMO_CONFIG, seed=3)
+    write_official_folder(folder, TINY_CONFIG, seed=3)
     return folder
 
 
@@ -92,8 +92,8 @@ def test_a_quantized_file_is_dequantized_merged_and_requantized_per_channel(tmp_
 
 def test_a14b_pair_routes_each_lora_to_its_expert(tmp_path, caplog):
     folder = tmp_path / "Wan2.2-T2V-A14B-tiny"
-    write_official_folder(folder / "high_noise_model", DEMO_CONFIG, seed=1)
-    write_official_folder(folder / "low_noise_model", DEMO_CONFIG, seed=2)
+    write_official_folder(folder / "high_noise_model", TINY_CONFIG, seed=1)
+    write_official_folder(folder / "low_noise_model", TINY_CONFIG, seed=2)
     high = write_lora(tmp_path / "wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors", seed=21)
     low = write_lora(tmp_path / "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors", seed=22)
     chosen = write_lora(tmp_path / "motion.safetensors", seed=23)
@@ -113,8 +113,8 @@ def test_a14b_pair_routes_each_lora_to_its_expert(tmp_path, caplog):
 
 def test_expert_both_overrides_the_file_name_on_a_pair_and_is_plain_on_a_single_model(tmp_path):
     folder = tmp_path / "Wan2.2-T2V-A14B-tiny"
-    write_official_folder(folder / "high_noise_model", DEMO_CONFIG, seed=1)
-    write_official_folder(folder / "low_noise_model", DEMO_CONFIG, seed=2)
+    write_official_folder(folder / "high_noise_model", TINY_CONFIG, seed=1)
+    write_official_folder(folder / "low_noise_model", TINY_CONFIG, seed=2)
     lora = write_lora(tmp_path / "wan22_lightning_high_noise.safetensors", seed=25)
     plan = plan_dit(folder, loras=[LoraSpec(lora, 0.7, expert="both")])
     assert [len(specs) for specs in plan.loras] == [1, 1] and lora in plan.files

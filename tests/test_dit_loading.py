@@ -6,24 +6,24 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import DEMO_CONFIG, write_official_folder
 from wan_express.errors import InvalidInputError, MissingComponentError, ModelFormatError
 from wan_express.loaders import load_dit
 from wan_express.loaders.dit.loader import CONFIG_NAME, INDEX_NAME
 from wan_express.models import WanConfig
+from wan_express.synthetic import TINY_CONFIG, write_official_folder
 
 
 @pytest.fixture
 def official_folder(tmp_path):
     folder = tmp_path / "Wan2.1-T2V-tiny"
-    tensors = write_official_folder(folder, DEMO_CONFIG, seed=3)
+    tensors = write_official_folder(folder, TINY_CONFIG, seed=3)
     return folder, tensors
 
 
 def test_official_folder_loads_every_tensor_exactly(official_folder):
     folder, tensors = official_folder
     model = load_dit(folder, dtype=torch.float32)
-    assert model.config == DEMO_CONFIG
+    assert model.config == TINY_CONFIG
     loaded = model.state_dict()
     assert loaded.keys() == tensors.keys()
     for key, tensor in tensors.items():
@@ -33,7 +33,7 @@ def test_official_folder_loads_every_tensor_exactly(official_folder):
 def test_missing_config_json_is_inferred_from_tensors(official_folder):
     folder, _ = official_folder
     (folder / CONFIG_NAME).unlink()
-    assert load_dit(folder, dtype=torch.float32).config == DEMO_CONFIG
+    assert load_dit(folder, dtype=torch.float32).config == TINY_CONFIG
 
 
 def test_shards_without_index_are_found_by_name_and_others_ignored(official_folder):
@@ -50,7 +50,7 @@ def test_bf16_load_converts_matmul_weights_only(official_folder):
     assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
     assert model.blocks[0].modulation.dtype == torch.float32
     with torch.no_grad():
-        out = model(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, DEMO_CONFIG.text_dim))
+        out = model(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, TINY_CONFIG.text_dim))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
@@ -94,11 +94,11 @@ def test_empty_folder_names_what_was_expected(tmp_path):
 def test_inputs_of_the_wrong_shape_get_clear_errors(official_folder):
     folder, _ = official_folder
     model = load_dit(folder, dtype=torch.float32)
-    latent, context = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, DEMO_CONFIG.text_dim)
+    latent, context = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, TINY_CONFIG.text_dim)
     with pytest.raises(InvalidInputError, match="takes 16"):
         model(torch.randn(1, 36, 2, 4, 4), torch.tensor([1.0]), context)
     with pytest.raises(InvalidInputError, match="at most 512"):
-        model(latent, torch.tensor([1.0]), torch.randn(1, 600, DEMO_CONFIG.text_dim))
+        model(latent, torch.tensor([1.0]), torch.randn(1, 600, TINY_CONFIG.text_dim))
     with pytest.raises(InvalidInputError, match="no CLIP branch"):
         model(latent, torch.tensor([1.0]), context, clip_fea=torch.randn(1, 257, 1280))
     with pytest.raises(InvalidInputError, match="timestep"):

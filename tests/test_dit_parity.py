@@ -9,7 +9,7 @@ import torch
 
 from wan_express.models import WanConfig, WanDiT
 
-from wan_express.demo import random_weights_
+from wan_express.synthetic import random_weights_
 
 from .official_reference import diffusers_wan_model, official_wan_model
 

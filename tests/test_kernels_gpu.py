@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.kernels import backends
 from wan_express.kernels.act_quant import (QuantizedActivation, gelu_tanh_quantized, layer_norm_quantized,
                                            layer_norm_reference, norm_modulate_quantized, norm_modulate_reference,
@@ -19,6 +18,7 @@ from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.loaders.text_encoder import BLOCK_LINEAR
 from wan_express.models import WanDiT
 from wan_express.models.t5 import T5Config, UMT5Encoder
+from wan_express.synthetic import TINY_CONFIG, random_weights_
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -151,21 +151,21 @@ def test_native_linear_matches_emulated_fallback(scheme):
 @pytest.mark.parametrize("codes", ["fp8_e4m3", "int8"])
 def test_tiny_dit_with_fused_quantization_stays_close_to_bf16(codes):
     require(codes)
-    model = WanDiT(DEMO_CONFIG)
+    model = WanDiT(TINY_CONFIG)
     random_weights_(model, seed=5)
     state = model.state_dict()
     generator = torch.Generator().manual_seed(6)
     inputs = [t.cuda() for t in (torch.randn(1, 16, 3, 10, 8, generator=generator), torch.tensor([700.0]),
-                                 torch.randn(1, 9, DEMO_CONFIG.text_dim, generator=generator))]
+                                 torch.randn(1, 9, TINY_CONFIG.text_dim, generator=generator))]
     layers = block_linear_layers(state, QuantScheme(codes))
     ops = QuantOps(layers)
     reference = WanDiT.from_state_dict(state, dtype=torch.bfloat16, device="cuda")
     quantized = WanDiT.from_state_dict(quantize_layers(state, layers), dtype=torch.bfloat16, device="cuda", ops=ops)
     block = quantized.blocks[0]
-    shift = torch.zeros(1, 1, DEMO_CONFIG.dim, device="cuda")
-    assert type(ops.norm_modulate(torch.randn(1, 4, DEMO_CONFIG.dim, device="cuda"), shift, shift, 1e-6,
+    shift = torch.zeros(1, 1, TINY_CONFIG.dim, device="cuda")
+    assert type(ops.norm_modulate(torch.randn(1, 4, TINY_CONFIG.dim, device="cuda"), shift, shift, 1e-6,
                                   name="blocks.0.ffn.0")).__name__ == "QuantizedActivation"
-    assert type(ops.layer_norm(torch.randn(1, 4, DEMO_CONFIG.dim, device="cuda"), block.norm3.weight,
+    assert type(ops.layer_norm(torch.randn(1, 4, TINY_CONFIG.dim, device="cuda"), block.norm3.weight,
                                block.norm3.bias, 1e-6, name="blocks.0.cross_attn.q")).__name__ == "QuantizedActivation"
     assert type(block.ffn[1]).__name__ == "GeluTanhQuantize"
     with torch.no_grad():

@@ -6,19 +6,19 @@ import logging
 import pytest
 import torch
 
-from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import InvalidInputError, ModelFormatError
 from wan_express.kernels import backends
 from wan_express.kernels import quantized as quantized_module
 from wan_express.kernels.act_quant import (QuantizedActivation, layer_norm_quantized, quantize_rows,
                                            quantize_rows_reference, rms_norm_quantized)
 from wan_express.kernels.capability import native_gemm
-from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.ops import TorchOps
+from wan_express.kernels.quantize import quantize_layers, quantize_weight
 from wan_express.kernels.quantized import GeluTanhQuantize, QuantLinear, QuantOps, QuantScheme
 from wan_express.loaders.dit.quant_targets import block_linear_layers
 from wan_express.models import WanDiT
 from wan_express.models.wan_dit import WanBlock
+from wan_express.synthetic import TINY_CONFIG, random_weights_
 
 SCHEMES = [QuantScheme(codes, granularity) for codes in ("fp8_e4m3", "int8") for granularity in ("channel", "tensor")]
 DIT_REL_L2 = 3e-2
@@ -171,11 +171,11 @@ def test_float_inputs_turns_off_the_fused_quantization_of_the_named_producers(mo
 
 @pytest.fixture(scope="module")
 def tiny_dit_state():
-    model = WanDiT(DEMO_CONFIG)
+    model = WanDiT(TINY_CONFIG)
     random_weights_(model, seed=5)
     generator = torch.Generator().manual_seed(6)
     inputs = (torch.randn(1, 16, 3, 6, 8, generator=generator), torch.tensor([700.0]),
-              torch.randn(1, 9, DEMO_CONFIG.text_dim, generator=generator))
+              torch.randn(1, 9, TINY_CONFIG.text_dim, generator=generator))
     return {key: tensor.contiguous() for key, tensor in model.state_dict().items()}, inputs
 
 
@@ -184,10 +184,10 @@ def test_online_quantization_replaces_every_block_linear(tiny_dit_state):
     layers = block_linear_layers(state, QuantScheme("fp8_e4m3"))
     per_block = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                  "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]
-    assert sorted(layers) == sorted(f"blocks.{i}.{name}" for i in range(DEMO_CONFIG.num_layers) for name in per_block)
+    assert sorted(layers) == sorted(f"blocks.{i}.{name}" for i in range(TINY_CONFIG.num_layers) for name in per_block)
     quantized = quantize_layers(state, layers)
     assert quantized["blocks.1.ffn.2.weight"].dtype == torch.float8_e4m3fn
-    assert quantized["blocks.1.ffn.2.weight_scale"].shape == (DEMO_CONFIG.dim, 1)
+    assert quantized["blocks.1.ffn.2.weight_scale"].shape == (TINY_CONFIG.dim, 1)
     assert quantized["head.head.weight"] is state["head.head.weight"]
     with pytest.raises(ModelFormatError, match="blocks.1.ffn.2.weight is not a float"):
         quantize_layers(quantized, {"blocks.1.ffn.2": QuantScheme("int8")})
@@ -242,7 +242,7 @@ def test_the_block_producer_table_is_what_the_block_asks_its_ops_and_feeds_its_l
                 module.register_forward_pre_hook(feeding(f"blocks.{i}.{layer}"))
     with torch.no_grad():
         model(*inputs)
-    for i in range(DEMO_CONFIG.num_layers):
+    for i in range(TINY_CONFIG.num_layers):
         want = {f"blocks.{i}.{consumer}": f"blocks.{i}.{producer}"
                 for producer, consumers in WanBlock.PRODUCERS.items() for consumer in consumers}
         got = {layer: name for layer, name in fed.items() if layer.startswith(f"blocks.{i}.") and name}

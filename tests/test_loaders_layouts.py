@@ -14,8 +14,9 @@ from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.dit.loader import load_dit, open_dit, open_dit_pair
 from wan_express.loaders.inspector import inspect
 from wan_express.models import WanConfig
+from wan_express.synthetic import TINY_CONFIG
 
-from .loader_files import (TINY, per_channel, per_tensor_fp8, save, tiny_weights, write_comfy_quant,
+from .loader_files import (per_channel, per_tensor_fp8, save, tiny_weights, write_comfy_quant,
                            write_diffusers, write_lightx2v, write_official, write_scaled_fp8, write_split)
 
 REL_L2_QUANT = 5e-2
@@ -30,7 +31,7 @@ def weights():
 def inputs():
     generator = torch.Generator().manual_seed(11)
     return (torch.randn(1, 16, 2, 4, 6, generator=generator), torch.tensor([640.0]),
-            torch.randn(1, 7, TINY.text_dim, generator=generator))
+            torch.randn(1, 7, TINY_CONFIG.text_dim, generator=generator))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_float_layouts_give_bit_identical_outputs(layout, weights, inputs, refer
     got, model = run(path, inputs)
     assert torch.equal(got, reference)
     assert open_dit(path).layout == EXPECTED_LAYOUT[layout]
-    assert model.config == TINY
+    assert model.config == TINY_CONFIG
 
 
 @pytest.mark.parametrize("codes,non_linear", [("fp8", torch.bfloat16), ("int8", torch.float32)])
@@ -91,7 +92,8 @@ def test_lightx2v_quantized_file_reaches_the_model_as_codes_and_channel_scales(c
     assert source.tensors["blocks.1.ffn.0.weight"].dtype == dtype
     assert torch.equal(source.tensors["blocks.1.ffn.0.weight"].view(torch.uint8), expected_codes.view(torch.uint8))
     scale = source.tensors["blocks.1.ffn.0.weight_scale"]
-    assert scale.dtype == torch.float32 and scale.shape == (TINY.ffn_dim, 1) and torch.equal(scale, expected_scale)
+    assert scale.dtype == torch.float32 and scale.shape == (TINY_CONFIG.ffn_dim, 1)
+    assert torch.equal(scale, expected_scale)
     got, model = run(path, inputs)
     layer = model.blocks[1].ffn[0]
     assert isinstance(layer, QuantLinear) and layer.weight.dtype == dtype
@@ -208,7 +210,7 @@ def test_ti2v_folder_without_config_json_is_inferred(tmp_path):
 
 def test_config_json_conflicts_lose_to_the_tensors(weights, tmp_path, caplog):
     folder = write_official(tmp_path / "official", weights)
-    (folder / "config.json").write_text(json.dumps({**TINY.to_json(), "dim": 5120, "eps": 1e-5}))
+    (folder / "config.json").write_text(json.dumps({**TINY_CONFIG.to_json(), "dim": 5120, "eps": 1e-5}))
     source = open_dit(folder)
     assert source.config.dim == 256 and source.config.eps == 1e-5
     assert "dim 5120 (tensors: 256)" in caplog.text
@@ -226,7 +228,7 @@ def test_vace_and_animate_are_recognised_and_refused(key, shape, model, weights,
 
 def test_vace_config_class_is_refused(weights, tmp_path):
     folder = write_official(tmp_path / "Wan2.1-VACE-1.3B", weights)
-    (folder / "config.json").write_text(json.dumps({**TINY.to_json(), "_class_name": "VaceWanModel"}))
+    (folder / "config.json").write_text(json.dumps({**TINY_CONFIG.to_json(), "_class_name": "VaceWanModel"}))
     with pytest.raises(UnsupportedModelError, match="VACE"):
         open_dit(folder)
     assert inspect(folder)["models"][0]["variant"] == "vace"

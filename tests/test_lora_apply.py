@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, ModelFormatError
 from wan_express.kernels import quantized as quantized_module
 from wan_express.kernels.quantize import quantize_layers, quantize_weight
@@ -24,6 +23,7 @@ from wan_express.loaders.lora.linear import LoraBranch, LoraLinear
 from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.loaders.lora.spec import LoraSpec, load_loras, route_loras
 from wan_express.models import WanConfig, WanDiT
+from wan_express.synthetic import TINY_CONFIG, random_weights_
 
 FLOAT_TOL = 1e-4      # max abs error / max |output|
 QUANT_TOL = 5e-2      # relative L2
@@ -31,13 +31,13 @@ SCHEMES = {"fp8": QuantScheme("fp8_e4m3"), "int8": QuantScheme("int8")}
 TINY_I2V = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
 
 
-def float_model(config=DEMO_CONFIG, seed=0) -> WanDiT:
+def float_model(config=TINY_CONFIG, seed=0) -> WanDiT:
     model = WanDiT(config)
     random_weights_(model, seed)
     return model.requires_grad_(False).eval()
 
 
-def quantized_model(float_state, scheme: QuantScheme, config=DEMO_CONFIG) -> WanDiT:
+def quantized_model(float_state, scheme: QuantScheme, config=TINY_CONFIG) -> WanDiT:
     """A model of QuantLinear block linears; its float tensors are copies (merging writes them in place)."""
     layers = block_linear_layers(float_state, scheme)
     tensors = quantize_layers({key: tensor.clone() for key, tensor in float_state.items()}, layers)
@@ -78,7 +78,7 @@ def inputs(config: WanConfig, seed: int = 5):
 
 
 @torch.no_grad()
-def run(model, config=DEMO_CONFIG, device="cpu"):
+def run(model, config=TINY_CONFIG, device="cpu"):
     feed = {key: None if value is None else value.to(device) for key, value in inputs(config).items()}
     return model(**feed).cpu()
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import DEMO_CONFIG, random_weights_
 from wan_express.errors import IncompatibleLoraError, MissingComponentError, ModelFormatError
 from wan_express.loaders.lora.format import parse_lora, read_lora
 from wan_express.loaders.lora.merge import AppliedLora, LoraPlan, MergedTensors
 from wan_express.models import WanDiT
+from wan_express.synthetic import TINY_CONFIG, random_weights_
 
 RANK = 4
 MODULE = "blocks.1.self_attn.q"
@@ -48,7 +48,7 @@ NAMES = {"m": MODULE, "d": "blocks.1.attn1.to_q", "u": MODULE.replace(".", "_"),
 
 @pytest.fixture(scope="module")
 def base_tensors():
-    model = WanDiT(DEMO_CONFIG)
+    model = WanDiT(TINY_CONFIG)
     random_weights_(model, seed=11)
     return {key: value.clone() for key, value in model.state_dict().items()}
 

@@ -7,14 +7,14 @@ is exactly what the host passes between nodes. CONDITIONING and LATENT follow co
 import pytest
 import torch
 
-from wan_express.demo import random_weights_, write_model_folder, write_vae
 from wan_express.errors import InvalidInputError
 from wan_express.loaders import find_components, load_dit, load_text_encoder, load_vae
 from wan_express.models import ClipVisionConfig, ClipVisionEncoder, WanConfig, WanDiT
+from wan_express.models.latent_spaces import to_normalized, to_raw
 from wan_express.nodes.component_nodes import WanExpressCLIPVisionEncode, WanExpressTextEncode, WanExpressVAEDecode
 from wan_express.nodes.sampler_node import WanExpressSampler
 from wan_express.sampling import DistillSchedule, sample, text_to_video
-from wan_express.sampling.latent_space import to_normalized, to_raw
+from wan_express.synthetic import random_weights_, write_model_folder, write_vae
 
 SAMPLER_DEFAULTS = dict(width=96, height=64, length=9, seed=3, schedule="distill",
                         denoising_step_list="1000,750,500,250", steps=4, shift=5.0, cfg=1.0, noise_source="cpu",

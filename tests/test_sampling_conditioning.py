@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError
 from wan_express.models.vae2_1 import VaeConfig, WanVAE21
 from wan_express.sampling import (DEFAULT_NEGATIVE_PROMPT, BOUNDARY_I2V, BOUNDARY_T2V, first_last_to_video,
                                   i2v_latent_size, image_to_video, latent_frames, negative_prompt, text_to_video,
                                   ti2v_image_to_video, ti2v_output_size)
 from wan_express.sampling.conditioning import frame_mask, ti2v_preprocess, token_timesteps
+from wan_express.synthetic import random_weights_
 
 TEXT_DIM = 64
 

@@ -5,14 +5,13 @@ TI2V per-token timesteps, NaN detection, interrupt, progress, noise sources, and
 import pytest
 import torch
 
-from wan_express.demo import random_weights_, write_official_folder, write_vae
-from wan_express.errors import InvalidInputError
+from wan_express.errors import InvalidInputError, NonFiniteLatentError, SamplingInterrupted
 from wan_express.loaders import load_dit
 from wan_express.loaders.vae import load_vae
 from wan_express.models import WanConfig, WanDiT
-from wan_express.sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, NonFiniteLatentError,
-                                  SamplingInterrupted, image_to_video, initial_noise, sample, text_to_video,
-                                  ti2v_image_to_video)
+from wan_express.sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, image_to_video,
+                                  initial_noise, sample, text_to_video, ti2v_image_to_video)
+from wan_express.synthetic import random_weights_, write_official_folder, write_vae
 
 from .test_sampling_schedules import official_scheduler
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_express.demo import random_weights_, write_tokenizer
 from wan_express.errors import MissingComponentError, ModelFormatError
 from wan_express.kernels.quantize import quantize_weight
 from wan_express.kernels.quantized import QuantLinear, QuantScheme
 from wan_express.loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
 from wan_express.loaders.text_encoder import clean_prompt, load_text_encoder
 from wan_express.models.t5 import UMT5Encoder
+from wan_express.synthetic import random_weights_, write_tokenizer
 
 from .official_reference import official_module
 

@@ -8,10 +8,10 @@ below is measured on random weights (the worst case: real decoders are smoother)
 import pytest
 import torch
 
-from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError
 from wan_express.loaders.vae import build_vae
 from wan_express.models.vae2_1 import WAN21_MEAN, WAN21_STD, WAN21_VAE, WanVAE21
+from wan_express.synthetic import random_weights_
 
 from .official_reference import official_module
 

@@ -8,11 +8,11 @@ parameter-free shortcuts that the spec lists as unverified (§7.1).
 import pytest
 import torch
 
-from wan_express.demo import random_weights_
 from wan_express.errors import InvalidInputError
 from wan_express.loaders.vae import build_vae
 from wan_express.models.vae2_2 import (WAN22_MEAN, WAN22_STD, WAN22_VAE, WanVAE22, average_down, duplicate_up,
                                        patchify, unpatchify)
+from wan_express.synthetic import random_weights_
 
 from .official_reference import official_module
 from .test_vae2_1 import REL_TOL, relative_error

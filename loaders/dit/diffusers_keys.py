@@ -56,9 +56,6 @@ BLOCK_MODULES = {
 
 BLOCK_PARAMETERS = {"scale_shift_table": "modulation"}
 
-# Keys that only a diffusers-layout file has (used to recognise one).
-SIGNATURE_KEYS = ("condition_embedder.time_proj.weight", "blocks.0.attn1.to_q.weight")
-
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 

@@ -31,7 +31,6 @@ _SPLIT_BLOCK = re.compile(r"^block_(\d+)\.safetensors$")
 PAIR_FOLDERS = (tuple(FOLDERS[expert] for expert in EXPERTS), ("transformer", "transformer_2"))
 # Subfolders that hold one model each: diffusers pipelines and legacy LightX2V trees (formats.md §4.6).
 MODEL_SUBFOLDERS = ("transformer", "original", "fp8", "int8", "distill_models", "distill_fp8", "distill_int8")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 # .pth/.pt names that hold a DiT (the first LightX2V distill release); other .pth files are encoders and VAEs.
 PTH_MODEL_STEMS = ("distill_model", "diffusion_pytorch_model")
 UNSUPPORTED_SUFFIXES = {".gguf": "GGUF files are not supported; load them with ComfyUI-GGUF"}

@@ -19,16 +19,6 @@ KNOWN_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.", "v
 # every attention and FFN linear inside the blocks; embeddings, modulation and head stay float.
 QUANTIZED_PARTS = ("self_attn", "cross_attn", "ffn")
 
-# Recognised but not runnable yet: a key (or config class) that reveals the model -> (variant, plain name).
-UNSUPPORTED_KEYS = {
-    "vace_patch_embedding.weight": ("vace", "Wan2.1 VACE"),
-    "pose_patch_embedding.weight": ("animate", "Wan2.2 Animate-14B"),
-}
-UNSUPPORTED_CLASSES = {
-    "VaceWanModel": ("vace", "Wan2.1 VACE"),
-    "WanAnimateModel": ("animate", "Wan2.2 Animate-14B"),
-}
-
 # Files that are some other component: (key pattern, what it is, which loader takes it). First match wins.
 OTHER_COMPONENTS = (
     (re.compile(r"(^|\.)(lora_(up|down|A|B)|lora\.(up|down))(\.|$)|^lora_unet_|\.diff(_b|_m)?$|(^|\.)diff_m$"),

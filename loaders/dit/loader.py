@@ -17,23 +17,23 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ...errors import ModelFormatError, UnsupportedModelError
+from ...errors import ModelFormatError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
+from ...models.unsupported import refuse_unsupported
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..lora.spec import LoraSpec, load_loras
 from ..quantization import canonicalize, dequantized, quantized
 from .exported import read_export_metadata
 from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
-from .formats import UNSUPPORTED_CLASSES, UNSUPPORTED_KEYS
 from .layouts import KeyLayout, detect_key_layout
 from .plan import DitPlan, pair_of, plan_dit, resolve_target
 from .quant_targets import is_quantization_target
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "load_planned", "open_dit", "open_dit_pair",
-           "open_unit", "read_unit", "unsupported_model"]
+           "open_unit"]
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class RawUnit:
     config_json: dict[str, Any] | None
 
 
-def read_unit(unit: ModelUnit) -> RawUnit:
+def _read_unit(unit: ModelUnit) -> RawUnit:
     """Open a unit's files (headers only) and find its key naming; refuses files that are not a DiT."""
     name = str(unit.path)
     raw = open_tensors(unit.key_files if unit.key_files is not None
@@ -192,12 +192,9 @@ def read_unit(unit: ModelUnit) -> RawUnit:
 def open_unit(unit: ModelUnit) -> DitSource:
     """Open resolved files as a `DitSource` (refusing VACE / Animate and anything that is not a DiT)."""
     name = str(unit.path)
-    found = read_unit(unit)
+    found = _read_unit(unit)
     raw, metadata, layout = found.raw, found.metadata, found.layout
-    unsupported = unsupported_model(layout.names, found.config_json)
-    if unsupported is not None:
-        raise UnsupportedModelError(f"{name}: this is a {unsupported[1]} checkpoint ({unsupported[0]}), which Wan "
-                                    "Express does not support yet")
+    refuse_unsupported(layout.names, found.config_json, name)
     canonical = canonicalize(raw, layout.rename, metadata=metadata, source=name)
     config = WanConfig.infer(canonical.tensors.shapes(), source=name)
     config, config_origin = _cross_check(config, found.config_json, unit.config)
@@ -217,14 +214,6 @@ def open_unit(unit: ModelUnit) -> DitSource:
     return DitSource(tensors=canonical.tensors, config=config, layers=canonical.layers, name=name, role=unit.role,
                      path=unit.path, layout=_layout(unit.container, layout.prefix, layout.diffusers,
                                                     canonical.summary["quant_format"]), details=details)
-
-
-def unsupported_model(names: Mapping[str, str], config_json: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """(variant, plain name) of a recognised model we cannot run yet (VACE, Animate), from keys or config.json."""
-    for key, model in UNSUPPORTED_KEYS.items():
-        if key in names:
-            return model
-    return UNSUPPORTED_CLASSES.get((config_json or {}).get("_class_name"))
 
 
 def _layout(container: str, prefix: str, diffusers: bool, quant_format: str) -> str:
