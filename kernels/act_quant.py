@@ -15,13 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .capability import triton_available
-
-QMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
-CODE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
-# Floor under a row's amax so that all-zero rows (e.g. padding) get finite scales and zero codes.
-MIN_AMAX = 1e-8
-# Weight dtypes after which T5's RMSNorm rounds (its ``type_as(weight)``); the Triton kernel takes the code.
-HALF_DTYPES = {torch.bfloat16: 1, torch.float16: 2}
+from .codes import CODE_DTYPES, HALF_DTYPES, MIN_AMAX, QMAX
 
 
 @dataclasses.dataclass

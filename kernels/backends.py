@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import InvalidInputError
-from .capability import MIN_CAPABILITY, compute_capability, native_gemm, triton_available
+from .capability import MIN_CAPABILITY, compute_capability, m_bucket, native_gemm, triton_available
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,6 @@ OUT_DTYPE = torch.bfloat16
 _fastest: dict[tuple, str] = {}
 _warned: set[tuple[str, str, str]] = set()
 _bias_fusion: dict[torch.device, bool] = {}
-
-
-def m_bucket(rows: int) -> int:
-    """The row count rounded up to a power of two: backend choices and Triton tile tuning are made once per bucket,
-    not once per token count."""
-    return 1 << max(rows - 1, 0).bit_length()
 
 
 def _probe_bias_fusion(device: torch.device) -> bool:

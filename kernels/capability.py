@@ -41,3 +41,9 @@ def native_gemm(codes: str, device: torch.device) -> bool:
     """Whether ``device`` has tensor cores for W8A8 GEMMs with ``codes`` ("fp8_e4m3" or "int8")."""
     capability = compute_capability(device)
     return capability is not None and capability >= MIN_CAPABILITY[codes]
+
+
+def m_bucket(rows: int) -> int:
+    """The row count rounded up to a power of two: backend choices and Triton tile tuning are made once per bucket,
+    not once per token count."""
+    return 1 << max(rows - 1, 0).bit_length()

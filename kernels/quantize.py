@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from ..errors import ModelFormatError
-from .act_quant import QMAX
+from .codes import QMAX
 from .quantized import QuantScheme
 
 # LightX2V's converter floors each row's amax here (activations use a smaller floor, see act_quant).

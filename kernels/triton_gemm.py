@@ -16,8 +16,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .backends import m_bucket
-from .capability import compute_capability, device_index
+from .capability import compute_capability, device_index, m_bucket
 
 # The autotuners pick a tile per (rows rounded up to a power of two, N, K, codes): ``M_BUCKET`` is a kernel argument
 # only for this key, so a new token count in a known bucket does not tune again.

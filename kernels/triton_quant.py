@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .act_quant import HALF_DTYPES, MIN_AMAX, QMAX
+from .codes import HALF_DTYPES, MIN_AMAX, QMAX
 
 # Adding and removing 1.5 * 2**23 rounds an fp32 of magnitude < 2**22 to the nearest integer, ties to even
 # (torch.round's rule), with plain arithmetic that the CPU interpreter runs too.

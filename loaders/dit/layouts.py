@@ -11,8 +11,8 @@ import dataclasses
 from typing import Collection, Iterable
 
 from ...errors import ModelFormatError
+from ..diffusers_keys import official_key
 from ..quantization import SCALED_FP8_MARKER, Rename, canonical_names
-from .diffusers_keys import official_key
 from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS, OTHER_COMPONENTS
 
 

@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 
 from ...errors import IncompatibleLoraError, ModelFormatError
-from ..dit.diffusers_keys import BLOCK_MODULES, TOP_MODULES
+from ..diffusers_keys import BLOCK_MODULES, TOP_MODULES
 from ..files import open_tensors
 
 # Key suffix -> role, longest first where one suffix ends another (spec §9.2).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ...errors import ModelFormatError
+from ..errors import ModelFormatError
 
 # Top-level diffusers module -> official module (parameters such as .weight/.bias/.weight_scale follow unchanged).
 TOP_MODULES = {
