@@ -78,36 +78,48 @@ class QuantLinear(nn.Module):
                                          requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
+    @property
+    def scale(self) -> torch.Tensor:
+        """The fp32 scale of the codes now in ``weight`` (a host that swaps in re-quantized codes swaps this too)."""
+        return self.weight_scale
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.weight.float() * self.weight_scale).to(dtype)
+        return (self.weight.float() * self.scale).to(dtype)
 
     def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        return self.run(x, self.weight, self.scale, self.bias)
+
+    def run(self, x: torch.Tensor | QuantizedActivation, weight: torch.Tensor, scale: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer's computation on given codes ``weight`` [out, in], ``scale`` and ``bias`` (the module's own,
+        or copies a host streamed to the input's device)."""
         codes = self.scheme.codes
         if isinstance(x, QuantizedActivation) and x.codes.dtype != self.scheme.dtype:
             x = x.dequantize()
         if not runs_native(self.scheme, self.backend, x.device):
-            return self._dequantized_forward(x)
+            return self._dequantized_forward(x, weight, scale, bias)
         quantized = x if isinstance(x, QuantizedActivation) else quantize_rows(x, codes)
         a = quantized.codes.reshape(-1, self.in_features)
         a_scale = quantized.scale.reshape(-1, 1)
-        w_scale = self.weight_scale.reshape(1, -1).expand(1, self.out_features).contiguous()
-        bias = self.bias.to(backends.OUT_DTYPE) if self.bias is not None else None
-        choice = backends.choose(codes, self.backend, a, a_scale, self.weight, w_scale, bias)
+        w_scale = scale.reshape(1, -1).expand(1, self.out_features).contiguous()
+        out_bias = bias.to(backends.OUT_DTYPE) if bias is not None else None
+        choice = backends.choose(codes, self.backend, a, a_scale, weight, w_scale, out_bias)
         if choice == "dequant":
-            return self._dequantized_forward(quantized)
-        out = backends.GEMMS[choice](a, a_scale, self.weight, w_scale, bias)
+            return self._dequantized_forward(quantized, weight, scale, bias)
+        out = backends.GEMMS[choice](a, a_scale, weight, w_scale, out_bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _dequantized_forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
-        if self.bias is not None:
-            dtype = self.bias.dtype
+    def _dequantized_forward(self, x: torch.Tensor | QuantizedActivation, weight: torch.Tensor, scale: torch.Tensor,
+                             bias: torch.Tensor | None) -> torch.Tensor:
+        if bias is not None:
+            dtype = bias.dtype
         else:  # bias-less layers (T5) follow their input's float dtype
             dtype = torch.bfloat16 if isinstance(x, QuantizedActivation) else x.dtype
         if isinstance(x, QuantizedActivation):
             x = x.dequantize(dtype)
         elif self.emulate_activations:
             x = quantize_rows_reference(x, self.scheme.codes).dequantize(dtype)
-        return F.linear(x.to(dtype), self.dequantized_weight(dtype), self.bias)
+        return F.linear(x.to(dtype), (weight.float() * scale).to(dtype), bias)
 
 
 def runs_native(scheme: QuantScheme, backend: str, device: torch.device) -> bool:

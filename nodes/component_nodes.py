@@ -60,10 +60,10 @@ class WanExpressTextEncoderLoader:
             if tokenizer_folder.endswith("/"):
                 tokenizer = find_components(host.resolve_model("text_encoders", tokenizer_folder)).require(
                     "tokenizer")
-        target = host.torch_device() if device == "gpu" else "cpu"
-        if device == "gpu":
-            host.free_gpu_memory()
-        return (load_text_encoder(path, tokenizer, device=target, quantization=quantization),)
+        encoder = load_text_encoder(path, tokenizer, device="cpu", quantization=quantization)
+        if device == "gpu":  # waits in CPU memory; ComfyUI's memory manager brings it in for each encode
+            host.managed(encoder.model, "text_encoder")
+        return (encoder,)
 
 
 class WanExpressTextEncode:
@@ -83,6 +83,7 @@ class WanExpressTextEncode:
         }}
 
     def encode(self, text_encoder, text: str):
+        host.bring(text_encoder.model)
         context = text_encoder.encode([text])[0].float().cpu()
         return ([[F.pad(context, (0, 0, 0, TEXT_LEN - context.shape[0]))[None], {}]],)
 
@@ -116,7 +117,7 @@ class WanExpressCLIPVisionLoader:
 
     def load(self, model: str):
         path = _component(host.resolve_model("clip_vision", model), "clip_vision")
-        return (load_clip_vision(path, device=host.torch_device()),)
+        return (host.managed(load_clip_vision(path), "text_encoder"),)
 
 
 class WanExpressCLIPVisionEncode:
@@ -135,6 +136,7 @@ class WanExpressCLIPVisionEncode:
                 "optional": {"end_image": ("IMAGE",)}}
 
     def encode(self, clip_vision, start_image: torch.Tensor, end_image: torch.Tensor | None = None):
+        host.bring(clip_vision)
         frames = [image_of(start_image, 0)] + ([] if end_image is None else [image_of(end_image, -1)])
         tokens = clip_vision.encode(torch.stack(frames)).float().cpu()  # [n, 257, 1280]; it moves its input
         return (ClipVisionOutput(tokens.reshape(1, -1, tokens.shape[-1])),)
@@ -159,8 +161,7 @@ class WanExpressVAELoader:
 
     def load(self, model: str, dtype: str):
         path = _component(host.resolve_model("vae", model), "vae")
-        host.free_gpu_memory()
-        return (load_vae(path, dtype=DTYPES[dtype], device=host.torch_device()),)
+        return (host.managed(load_vae(path, dtype=DTYPES[dtype]), "vae"),)
 
 
 class WanExpressVAEDecode:
@@ -177,6 +178,7 @@ class WanExpressVAEDecode:
         return {"required": {"vae": ("WANEXPRESS_VAE",), "samples": ("LATENT",)}}
 
     def decode(self, vae, samples: dict):
+        host.bring(vae)
         video = vae.decode(to_normalized(samples["samples"]))  # [B, 3, F, H, W] in [-1, 1]
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # [B*F, H, W, 3]
         return (((frames + 1) / 2).clamp(0, 1).float().cpu(),)

@@ -1,5 +1,7 @@
-"""Node: load a Wan DiT (or a Wan2.2 A14B expert pair) from a model folder or single file, with up to two LoRAs
-merged at load (e.g. LightX2V's 4-step distill LoRA, or its high-noise / low-noise pair for Wan2.2 A14B)."""
+"""Node: load a Wan DiT (or a Wan2.2 A14B expert pair) from a model folder, single file or LightX2V config as core
+``MODEL``s (see `native`), with up to two LoRAs merged at load (e.g. LightX2V's 4-step distill LoRA, or its
+high-noise / low-noise pair for Wan2.2 A14B): merged into float weights before ``fp8``/``int8`` quantization, so a
+quantized-at-load model is rounded once, which a LoRA node downstream of the loader cannot do."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from ..expert_names import BOTH, EXPERTS
 from ..loaders import DitPlan, load_planned, plan_dit
 from ..loaders.lora.spec import LoraSpec
 from . import host
+from .native import NativeOps, NativeWanDiT, core_model
 from .values import DTYPES
 
 QUANTIZATION = ("auto", "fp8", "int8", "bf16")
@@ -30,7 +33,7 @@ def _lora_inputs(slot: str) -> dict:
 
 
 class WanExpressDiTLoader:
-    """Loads a Wan2.1 / Wan2.2 DiT (official folder or single safetensors) for the Wan Express sampler."""
+    """Loads a Wan2.1 / Wan2.2 DiT (folder, single file or LightX2V config) as core MODELs running Wan Express code."""
 
     CATEGORY = "Wan Express/loaders"
     DESCRIPTION = ("Load a Wan DiT: an official folder from models/wan_express/ (config.json + shards, or a Wan2.2 "
@@ -39,9 +42,11 @@ class WanExpressDiTLoader:
                    "architecture is read from the weights. Official (non-distilled) weights need LightX2V's "
                    "4-step distill LoRA (lora / lora_2, from models/loras/) for the 4-step distill schedule; "
                    "LightX2V's distilled model files need none.")
-    RETURN_TYPES = ("WANEXPRESS_DIT",)
-    RETURN_NAMES = ("dit",)
-    OUTPUT_TOOLTIPS = ("The loaded Wan diffusion transformer (a high/low pair for Wan2.2 A14B folders).",)
+    RETURN_TYPES = ("MODEL", "MODEL")
+    RETURN_NAMES = ("model", "model_low")
+    OUTPUT_TOOLTIPS = ("The Wan model, a core MODEL (for core KSampler, ModelSamplingSD3, LoRA loaders too); for a "
+                       "Wan2.2 A14B pair the high-noise expert, which runs the first steps.",
+                       "Wan2.2 A14B pair only: the low-noise expert, which runs the last steps (empty otherwise).")
     FUNCTION = "load"
 
     @classmethod
@@ -72,10 +77,12 @@ class WanExpressDiTLoader:
 
     def load(self, model: str, quantization: str, dtype: str, file: str = "", **loras):
         plan = _plan(model, quantization, file, loras)
-        host.free_gpu_memory()
-        # A Wan2.2 pair waits in CPU memory: the sampler brings in the running expert (both, without offload), so
-        # two 14B experts never have to fit on the GPU at once.
-        return (load_planned(plan, dtype=DTYPES[dtype], device="cpu" if plan.is_pair else host.torch_device()),)
+        # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
+        built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(), ops_factory=NativeOps,
+                             model_class=NativeWanDiT)
+        experts = built if plan.is_pair else (built,)
+        models = [core_model(expert) for expert in experts]
+        return (models[0], models[1] if plan.is_pair else None)
 
 
 def _plan(model: str, quantization: str, file: str, loras: dict) -> DitPlan:

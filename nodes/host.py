@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from ..errors import MissingComponentError
@@ -110,14 +111,69 @@ def _preview(x0, latent_format):
     return "JPEG", Image.fromarray(pixels), 512
 
 
-def free_gpu_memory() -> None:
-    """Ask ComfyUI to unload its own models before ours take GPU memory (ours are not in its model manager)."""
+def _management():
     try:
         import comfy.model_management
     except ImportError:
+        return None
+    return comfy.model_management
+
+
+def load_models(models, latent_shape) -> None:
+    """Bring core MODELs onto the compute device through ComfyUI's memory manager (which offloads other models as
+    needed and applies LoRA patches), reserving activation memory for a CFG batch of ``latent_shape`` [C, T, H, W]."""
+    management = _management()
+    if management is None:
         return
-    comfy.model_management.unload_all_models()
-    comfy.model_management.soft_empty_cache()
+    required = sum(model.memory_required([2, *latent_shape]) for model in models)
+    minimum = sum(model.memory_required([1, *latent_shape]) for model in models)
+    management.load_models_gpu(list(models), memory_required=required, minimum_memory_required=minimum)
+
+
+def unload_model(model) -> None:
+    """Give a core MODEL's GPU memory back now (the idle Wan2.2 expert), leaving it loadable again."""
+    management = _management()
+    if management is None:
+        return
+    for loaded in list(management.current_loaded_models):
+        if loaded.model is model:
+            loaded.model_unload()
+            management.current_loaded_models.remove(loaded)
+
+
+# Our encoders and VAEs under ComfyUI's memory manager: module -> the core ModelPatcher that moves it.
+_MANAGED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def managed(module, offload: str = "unet"):
+    """Put a network (umT5, CLIP vision, VAE) under ComfyUI's memory manager: it waits on ``offload``'s device
+    (``text_encoder``, ``vae`` or ``unet`` in core's terms) and `bring` loads it when a node runs it, so it shares
+    VRAM with the diffusion models under core's policy. Returns ``module``."""
+    management = _management()
+    if management is None:
+        return module
+    import comfy.model_patcher
+
+    device = getattr(management, f"{offload}_offload_device")()
+    module.to(device)
+    _MANAGED[module] = comfy.model_patcher.ModelPatcher(module, load_device=management.get_torch_device(),
+                                                       offload_device=device)
+    return module
+
+
+def bring(module, memory_required: int = 0) -> None:
+    """Load a `managed` network onto the compute device before it runs (ComfyUI frees memory for it first)."""
+    management = _management()
+    patcher = _MANAGED.get(module)
+    if management is None or patcher is None:
+        return
+    management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+
+
+def offload_device():
+    """Where ComfyUI keeps diffusion models it is not running (CPU unless --highvram / --gpu-only)."""
+    management = _management()
+    return "cpu" if management is None else management.unet_offload_device()
 
 
 def interrupt_check():
@@ -136,8 +192,5 @@ def interrupt_check():
 
 def torch_device():
     """ComfyUI's compute device, or CPU outside the host."""
-    try:
-        import comfy.model_management
-    except ImportError:
-        return "cpu"
-    return comfy.model_management.get_torch_device()
+    management = _management()
+    return "cpu" if management is None else management.get_torch_device()

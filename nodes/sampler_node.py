@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 
 from ..errors import InvalidInputError
-from ..models.latent_spaces import latent_space, to_raw
-from ..sampling import (DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video, sample,
-                        text_to_video, ti2v_image_to_video)
+from ..models.latent_spaces import latent_space, to_normalized, to_raw
+from ..sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video,
+                        sample, text_to_video, ti2v_image_to_video)
 from . import host
+from .native import network_of
 from .values import TEXT_LEN, image_of
 
 log = logging.getLogger(__name__)
@@ -18,8 +20,9 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("distill", "unipc", "euler")
 
 
-# Keys core's image nodes (WanImageToVideo, ...) add to CONDITIONING; here images come through the sampler inputs.
-_CORE_IMAGE_KEYS = ("concat_latent_image", "concat_mask")
+# Keys core's conditioning nodes add that this sampler cannot honour (timestep ranges, areas, hooks, ControlNet).
+_UNSUPPORTED_KEYS = ("start_percent", "end_percent", "area", "mask", "hooks", "control", "vace_frames",
+                     "time_dim_concat", "reference_latents")
 
 
 def context_of(conditioning, name: str) -> torch.Tensor:
@@ -28,10 +31,10 @@ def context_of(conditioning, name: str) -> torch.Tensor:
         raise InvalidInputError(f"the {name} conditioning holds {len(conditioning)} entries (combined or "
                                 "timestep-ranged prompts); the Wan Express sampler takes exactly one")
     context, extra = conditioning[0]
-    carried = [key for key in _CORE_IMAGE_KEYS if key in extra]
+    carried = [key for key in _UNSUPPORTED_KEYS if extra.get(key) is not None]
     if carried:
-        raise InvalidInputError(f"the {name} conditioning carries core image conditioning ({', '.join(carried)}, "
-                                "e.g. from WanImageToVideo); connect the image to the sampler's start_image instead")
+        raise InvalidInputError(f"the {name} conditioning carries {', '.join(carried)}, which the Wan Express "
+                                "sampler does not apply; use core's KSampler for that graph")
     if context.shape[0] != 1:
         raise InvalidInputError(f"the {name} conditioning is a batch of {context.shape[0]}; use one prompt")
     if context.shape[1] > TEXT_LEN:
@@ -47,11 +50,37 @@ def clip_features(clip_vision_output, positive) -> torch.Tensor | None:
     return None if output is None else output.penultimate_hidden_states.float()
 
 
-def offload_hook(device):
-    """Expert hook that keeps only the running Wan2.2 expert on ``device`` (the idle one waits in CPU memory)."""
+def core_image_conditioning(positive, config, negative_context, clip_fea) -> Conditioning | None:
+    """I2V / FLF2V conditioning from core's WanImageToVideo / WanFirstLastFrameToVideo (``concat_latent_image``,
+    ``concat_mask`` in the positive), as the official ``y``: the mask (1 on given frames, 4 per latent frame) then
+    the normalised image latent."""
+    extra = positive[0][1]
+    image = extra.get("concat_latent_image")
+    if image is None:
+        return None
+    if not config.y_dim:
+        raise InvalidInputError(f"the positive conditioning carries an image (concat_latent_image, from core's "
+                                f"WanImageToVideo), but this {config.model_type} model generates from text only")
+    image = to_normalized(image.float())
+    mask = extra.get("concat_mask")
+    given = torch.zeros_like(image[:, :1]) if mask is None else 1 - mask.float()
+    if given.shape[1] == 1:
+        given = given.expand(-1, 4, -1, -1, -1)
+    if given.shape[2:] != image.shape[2:]:
+        raise InvalidInputError(f"the conditioning's concat_mask {tuple(mask.shape)} does not fit its image latent "
+                                f"{tuple(image.shape)}")
+    context = context_of(positive, "positive")
+    return Conditioning(context, tuple(image.shape[1:]), negative_context, y=torch.cat([given, image], dim=1),
+                        clip_fea=clip_fea)
+
+
+def expert_hook(models: dict, offload_idle: bool, latent_shape):
+    """Expert switch of a Wan2.2 pair through ComfyUI's memory manager: the running expert is loaded (with its LoRA
+    patches), the idle one given back first when ``offload_idle``."""
     def hook(active, idle):
-        idle.to("cpu")
-        active.to(device)
+        if offload_idle:
+            host.unload_model(models[id(idle)])
+        host.load_models([models[id(active)]], latent_shape)
     return hook
 
 
@@ -79,7 +108,8 @@ class WanExpressSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dit": ("WANEXPRESS_DIT",),
+                "model": ("MODEL", {"tooltip": "A Wan model: from the Wan Express DiT loader (runs its FP8/INT8 "
+                                   "kernels) or core's diffusion model loader; the high-noise expert of a pair."}),
                 "positive": ("CONDITIONING",),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Video width (I2V: the area width x height sets the size; the image "
@@ -101,48 +131,66 @@ class WanExpressSampler:
                                         "running expert on the GPU."}),
             },
             "optional": {
+                "model_low": ("MODEL", {"tooltip": "Wan2.2 A14B: the low-noise expert; the sampler switches to it "
+                                       "at the model's boundary (4-step distill: after step 2)."}),
                 "negative": ("CONDITIONING",),
                 "vae": ("WANEXPRESS_VAE",),
                 "start_image": ("IMAGE",),
                 "end_image": ("IMAGE",),
                 "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+                "latent": ("LATENT", {"tooltip": "Start from this latent (video-to-video, extension): with denoise "
+                                     "below 1 it is noised to the level of the first step run; its size replaces "
+                                     "width / height / length. A TI2V latent with a noise_mask keeps frame 0."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Fraction of the schedule's steps to run, from its end (1 = all, "
+                                                 "from pure noise). Below 1 needs a latent."}),
             },
         }
 
-    def generate(self, dit, positive, width, height, length, seed, schedule, denoising_step_list, steps, shift,
-                 cfg, noise_source, offload_idle_expert, negative=None, vae=None, start_image=None, end_image=None,
-                 clip_vision_output=None):
-        models = dit if isinstance(dit, tuple) else (dit,)
-        config = models[0].config
-        context = context_of(positive, "positive")
+    def generate(self, model, positive, width, height, length, seed, schedule, denoising_step_list, steps, shift,
+                 cfg, noise_source, offload_idle_expert, model_low=None, negative=None, vae=None, start_image=None,
+                 end_image=None, clip_vision_output=None, latent=None, denoise=1.0):
+        patchers = [model] if model_low is None else [model, model_low]
+        networks = [network_of(patcher) for patcher in patchers]
+        config = networks[0].config
         negative_context = None if negative is None else context_of(negative, "negative")
         clip_fea = clip_features(clip_vision_output, positive)
         if clip_fea is not None and not config.clip_branch:
             log.warning("this %s model has no CLIP branch (Wan2.2 / TI2V); the CLIP vision output is not used",
                         config.model_type)
             clip_fea = None
-        conditioning = self._conditioning(config, vae, context, negative_context, clip_fea, start_image, end_image,
-                                          width, height, length)
+        conditioning = core_image_conditioning(positive, config, negative_context, clip_fea)
+        if conditioning is not None and (start_image is not None or end_image is not None):
+            raise InvalidInputError("the positive conditioning already carries an image (core's WanImageToVideo); "
+                                    "disconnect start_image / end_image, or use plain text conditioning")
+        if conditioning is None:
+            if vae is not None and start_image is not None:
+                host.bring(vae)
+            conditioning = self._conditioning(config, vae, context_of(positive, "positive"), negative_context,
+                                              clip_fea, start_image, end_image, width, height, length, latent)
         if schedule == "distill":
             plan = DistillSchedule(parse_step_list(denoising_step_list), shift=shift, cfg=cfg)
         else:
             plan = (FlowUniPC if schedule == "unipc" else FlowEuler)(steps=steps, shift=shift, cfg=cfg)
+        init_latent, start_step = _start(latent, denoise, plan.num_steps)
+        if latent is not None and latent.get("noise_mask") is not None:
+            conditioning = _keep_first_frame(conditioning, latent)
         device = host.torch_device()
-        host.free_gpu_memory()
-        if len(models) == 2 and offload_idle_expert:
-            hook = offload_hook(device)
-        else:  # a cached pair may still be split between CPU and GPU by an earlier offloading run
+        shape = conditioning.latent_shape
+        if len(patchers) == 2:
+            hook = expert_hook({id(n): p for n, p in zip(networks, patchers)}, offload_idle_expert, shape)
+        else:
             hook = None
-            for model in models:
-                model.to(device)
-        latent = sample(models if len(models) == 2 else models[0], conditioning, schedule=plan, seed=seed,
-                        noise_source=noise_source, device=device, progress=host.progress_callback(plan.num_steps),
-                        interrupt=host.interrupt_check(), expert_hook=hook)
-        return ({"samples": to_raw(latent).cpu()},)
+            host.load_models(patchers, shape)
+        result = sample(networks if len(networks) == 2 else networks[0], conditioning, schedule=plan, seed=seed,
+                        noise_source=noise_source, device=device,
+                        progress=host.progress_callback(plan.num_steps - start_step), interrupt=host.interrupt_check(),
+                        expert_hook=hook, init_latent=init_latent, start_step=start_step)
+        return ({"samples": to_raw(result).cpu()},)
 
     @staticmethod
     def _conditioning(config, vae, context, negative_context, clip_fea, start_image, end_image, width, height,
-                      length):
+                      length, latent):
         if config.clip_branch and clip_fea is None and start_image is not None:
             raise InvalidInputError("this Wan2.1 image model needs clip_vision_output (Wan Express CLIP Vision "
                                     "Encode of the start image, with the end image too for first-last-frame)")
@@ -171,3 +219,32 @@ class WanExpressSampler:
                                        negative_context=negative_context)
         return image_to_video(vae, first, context, frames=length, max_area=area, clip_fea=clip_fea,
                               negative_context=negative_context)
+
+
+def _latent_shape(latent, config) -> tuple[int, int, int, int]:
+    samples = latent["samples"]
+    if samples.dim() != 5 or samples.shape[0] != 1 or samples.shape[1] != config.out_dim:
+        raise InvalidInputError(f"the latent has shape {tuple(samples.shape)}; this {config.model_type} model makes "
+                                f"[1, {config.out_dim}, frames, height, width] latents")
+    return tuple(samples.shape[1:])
+
+
+def _start(latent, denoise: float, num_steps: int) -> tuple[torch.Tensor | None, int]:
+    """(normalised start latent or None, first step) for ``denoise``: the last ``round(steps·denoise)`` steps run."""
+    if denoise >= 1.0:
+        return None, 0
+    if latent is None:
+        raise InvalidInputError(f"denoise {denoise:g} below 1 needs a latent input to start from")
+    run = max(1, round(num_steps * denoise))
+    return to_normalized(latent["samples"].float()), num_steps - run
+
+
+def _keep_first_frame(conditioning: Conditioning, latent) -> Conditioning:
+    """A LATENT with a ``noise_mask`` (core's Wan22ImageToVideoLatent): latent frame 0 stays the given image."""
+    mask = latent["noise_mask"].float()
+    kept = (mask.amax(dim=(0, 1, 3, 4)) == 0).tolist()
+    if not kept[0] or any(kept[1:]):
+        raise InvalidInputError("the latent's noise_mask keeps frames other than the first; the Wan Express sampler "
+                                "keeps only frame 0 (TI2V image to video)")
+    first = to_normalized(latent["samples"].float())[:, :, :1]
+    return dataclasses.replace(conditioning, first_latent=first)

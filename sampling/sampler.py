@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, NonFiniteLatentError, SamplingInterrupted
+from ..expert_names import EXPERTS
 from .conditioning import Conditioning
 from .experts import ExpertHook, Experts
 from .noise import initial_noise
@@ -58,8 +59,9 @@ def _on_device(conditioning: Conditioning, device: torch.device) -> Conditioning
 def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, *, schedule: Schedule, seed: int,
            noise_source: str = "cpu", device: torch.device | str | None = None,
            progress: ProgressCallback | None = None, interrupt: InterruptCheck | None = None,
-           expert_hook: ExpertHook | None = None) -> torch.Tensor:
-    """Generate a clean latent.
+           expert_hook: ExpertHook | None = None, init_latent: torch.Tensor | None = None,
+           start_step: int = 0) -> torch.Tensor:
+    """Generate a clean latent (or re-generate one: ``init_latent`` with ``start_step``).
 
     Args:
         models: one `WanDiT`, or a Wan2.2 A14B pair (high-noise expert, low-noise expert).
@@ -72,17 +74,27 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
         progress: called after each step with (step, total, x0 preview).
         interrupt: asked before each model call; True stops with `SamplingInterrupted`.
         expert_hook: two-expert runs: ``hook(active, idle)`` when the expert changes (e.g. to offload the idle one).
+        init_latent: [1, C, T, H, W] normalised latent to start from (video-to-video, extension); it is noised to
+            the schedule's noise level at ``start_step`` (flow matching: ``(1 − σ)·x + σ·noise``).
+        start_step: the first schedule step to run (0 runs them all); steps before it are skipped, experts and
+            guidance stay those of the full schedule.
 
     Returns:
         [1, C, T, H, W] float32 normalised latent, ready for the VAE decoder.
     """
     experts = Experts(models, expert_hook)
     plan = experts.plan(schedule, conditioning.default_boundary)
-    first = experts.activate(plan[0])  # the hook runs first, so an offloaded first expert is in place
+    if not 0 <= start_step < len(plan):
+        raise InvalidInputError(f"start_step {start_step} is outside the schedule's {len(plan)} steps")
+    if init_latent is not None and tuple(init_latent.shape[1:]) != tuple(conditioning.latent_shape):
+        raise InvalidInputError(f"the input latent has shape {tuple(init_latent.shape)}; this conditioning makes "
+                                f"latents of shape [1, {', '.join(map(str, conditioning.latent_shape))}] (set the "
+                                "width, height and length of the input video)")
+    first = experts.activate(plan[start_step])  # the hook runs first, so an offloaded first expert is in place
     device = torch.device(device) if device is not None else next(first.parameters()).device
     # LightX2V parity: its latents live in bf16 between steps (and so does y, concatenated to them)
     latent_dtype = torch.bfloat16 if noise_source == "lightx2v" else schedule.latent_dtype
-    total = len(plan)
+    total = len(plan) - start_step
     guidance = [schedule.guidance(expert) for expert in plan]
     if any(g != 1.0 for g in guidance) and conditioning.negative_context is None:
         raise InvalidInputError("guidance is on (cfg != 1) but no negative context was given; encode the negative "
@@ -90,27 +102,45 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
     sigmas = schedule.sigmas().tolist()
     timesteps = schedule.timesteps().to(device)
     solver = schedule.solver()
+    solver.start_at(start_step)
     conditioning = _on_device(conditioning, device)
     log.info("sampling %d steps with %s (cfg %s), latent %s, %s, seed %d", total, type(schedule).__name__,
              sorted(set(guidance)), conditioning.latent_shape,
-             f"experts high x{plan.count(0)} / low x{plan.count(1)}" if experts.pair else "one model", seed)
+             _experts_line(plan[start_step:]) if experts.pair else "one model", seed)
 
     noise = initial_noise(conditioning.latent_shape, seed, noise_source, device)
+    if init_latent is not None:
+        sigma = sigmas[start_step]
+        noise = (1 - sigma) * init_latent.to(device, torch.float32) + sigma * noise
     latent = conditioning.reimpose(noise).to(latent_dtype)
     with torch.no_grad():
-        for step, expert in enumerate(plan):
+        for step in range(start_step, len(plan)):
+            expert = plan[step]
+            done = step - start_step + 1
             model = experts.activate(expert)
             timestep = conditioning.token_timesteps(timesteps[step:step + 1])
             velocity = _velocity(model, latent, timestep, conditioning, guidance[step],
-                                 lambda: _check_interrupt(interrupt, step + 1, total))
+                                 lambda: _check_interrupt(interrupt, done, total))
             if progress is not None:
                 preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)  # x0 estimate
             latent = conditioning.reimpose(solver.step(latent, velocity)).to(latent_dtype)
             if not torch.isfinite(latent).all():
                 raise NonFiniteLatentError(
-                    f"the latent became NaN/Inf at step {step + 1}/{total} (timestep {timesteps[step].item():g}"
+                    f"the latent became NaN/Inf at step {done}/{total} (timestep {timesteps[step].item():g}"
                     f"{', low-noise expert' if expert else ', high-noise expert' if experts.pair else ''}); the "
                     "model weights or their precision overflow: try bf16 instead of fp16, or another quantization")
             if progress is not None:
-                progress(step + 1, total, preview)
+                progress(done, total, preview)
     return latent.float()
+
+
+def _experts_line(plan: list[int]) -> str:
+    """Which expert runs which steps, e.g. ``experts high steps 1-2, low steps 3-4``."""
+    runs: list[tuple[int, int, int]] = []
+    for index, expert in enumerate(plan, start=1):
+        if runs and runs[-1][0] == expert:
+            runs[-1] = (expert, runs[-1][1], index)
+        else:
+            runs.append((expert, index, index))
+    return "experts " + ", ".join(f"{EXPERTS[expert]} step{'s' if last > first else ''} "
+                                  f"{first}{f'-{last}' if last > first else ''}" for expert, first, last in runs)

@@ -39,6 +39,10 @@ class EulerSolver:
         self.sigmas = sigmas
         self.index = 0
 
+    def start_at(self, step: int) -> None:
+        """Begin at schedule step ``step`` (a partial denoise)."""
+        self.index = step
+
     def step(self, sample: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
         """sample, velocity: [B, C, F, H, W] -> the sample at the next noise level."""
         sigma, sigma_next = self.sigmas[self.index], self.sigmas[self.index + 1]

@@ -39,16 +39,21 @@ class UniPCSolver:
         self.history: list[torch.Tensor] = []
         self.last_sample: torch.Tensor | None = None
         self.last_order = 0
+        self.first = 0
+
+    def start_at(self, step: int) -> None:
+        """Begin at schedule step ``step`` (a partial denoise): that step is taken as the first, with no history."""
+        self.index = self.first = step
 
     def step(self, sample: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
         """sample: [B, C, F, H, W] at σ_i (the predictor output, possibly re-blended by the caller); velocity:
         the model output there. Returns the sample at σ_{i+1}."""
         i = self.index
         x0 = sample - self.sigmas[i] * velocity.to(sample.dtype)
-        if i > 0:
+        if i > self.first:
             sample = self._correct(x0, sample)
         self.history = (self.history + [x0])[-SOLVER_ORDER:]
-        order = min(SOLVER_ORDER, self.num_steps - i, i + 1)
+        order = min(SOLVER_ORDER, self.num_steps - i, i - self.first + 1)
         self.last_sample, self.last_order = sample, order
         self.index += 1
         return self._predict(sample, order)

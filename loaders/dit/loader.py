@@ -126,17 +126,20 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
 
 def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                  ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
-                 ) -> WanDiT | tuple[WanDiT, WanDiT]:
-    """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair."""
+                 model_class: type[WanDiT] = WanDiT) -> WanDiT | tuple[WanDiT, WanDiT]:
+    """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair.
+
+    ``model_class``: a `WanDiT` subclass to build (a host's adapter with the same parameters), else `WanDiT`.
+    """
     specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
-    models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory,
+    models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory, model_class,
                           [applied[spec] for spec in unit_loras])
                    for unit, unit_loras in zip(plan.units, plan.loras))
     return models if plan.is_pair else models[0]
 
 
-def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory,
+def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory, model_class,
            loras: list[AppliedLora]) -> WanDiT:
     """The model of ``source``, with ``loras`` merged at load (before a float file is quantized, so a merged layer
     is rounded once) and the ``quantization`` choice applied."""
@@ -150,8 +153,8 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
         tensors = merged_view(_fp32_targets(tensors, plan.keys(), layers), plan, layers)
     if quantization in _CODES:
         tensors, layers = quantized(tensors, layers, _CODES[quantization], is_quantization_target)
-    model = WanDiT.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
-                                   ops=ops_factory(layers), source=source.name)
+    model = model_class.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
+                                        ops=ops_factory(layers), source=source.name)
     cfg = model.config
     schemes = sorted({f"{s.codes}/{s.granularity}" for s in layers.values()}) or [str(dtype).removeprefix("torch.")]
     log.info("Wan DiT %s (%s%s): %s, dim %d, %d blocks, %s on %s", source.name, source.layout,
