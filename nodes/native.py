@@ -67,8 +67,9 @@ class NativeQuantLinear(_CoreWeights, QuantLinear):
 
     A full-load LoRA merge (``set_weight``) re-quantizes the merged float weight with a fresh per-row scale that
     rides on the new ``weight`` Parameter (``patched_scale``): core's unpatch puts the backed-up codes back as a new
-    Parameter without it, so the stored ``weight_scale`` is in force again. Lowvram patches and in-place updates
-    keep the stored scale (round and saturate; core's plain cast would wrap int8).
+    Parameter without it, so the stored ``weight_scale`` is in force again. A lowvram patch hands the merged float
+    weight to the call, which quantizes it the same way, so both paths give the same codes. Only core's in-place
+    updates keep the stored scale (rounded and saturated; core's plain cast would wrap int8).
     """
 
     @property
@@ -79,8 +80,11 @@ class NativeQuantLinear(_CoreWeights, QuantLinear):
         if not self._streams():
             return self.run(x, self.weight, self.scale.to(self.weight.device), self.bias)
         device = _device_of(x)
-        codes, bias = self._cast(device, self.weight.dtype)
-        return self.run(x, codes, self.weight_scale.to(device), bias)
+        weight, bias = self._cast(device, self.weight.dtype)
+        if weight.dtype.is_floating_point and weight.dtype != self.scheme.dtype:  # a lowvram patch merged a LoRA
+            codes, scale = quantize_weight(weight.float(), self.scheme)
+            return self.run(x, codes, scale, bias)
+        return self.run(x, weight, self.weight_scale.to(device), bias)
 
     def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:
         scale = self.scale.to(weight.device, weight.dtype)
@@ -88,11 +92,10 @@ class NativeQuantLinear(_CoreWeights, QuantLinear):
 
     def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed=None, return_weight: bool = False,
                    **kwargs):
-        if return_weight or inplace_update:
-            codes = _codes_with_scale(weight, self.weight_scale.to(weight.device), self.scheme)
-            if return_weight:
-                return codes
-            self.weight.data.copy_(codes)
+        if return_weight:
+            return weight
+        if inplace_update:
+            self.weight.data.copy_(_codes_with_scale(weight, self.weight_scale.to(weight.device), self.scheme))
             return None
         codes, scale = quantize_weight(weight, self.scheme)
         param = nn.Parameter(codes, requires_grad=False)

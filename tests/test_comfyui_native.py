@@ -1,0 +1,209 @@
+"""Our DiT as a core MODEL inside the real ComfyUI's model manager: core LoRA patches on FP8 / INT8 codes equal our
+own merge, lowvram streaming equals the full load, unpatching restores the codes, sizes are the real ones, and a
+sampler run, a VAE decode and a second sampler run share memory without reading the weights from disk again.
+
+Runs only when COMFYUI_DIR points at a ComfyUI checkout (COMFYUI_PYTHON: its interpreter). The checks run inside
+that interpreter with ComfyUI's own modules (`comfy.sd.load_lora_for_models` is LoraLoaderModelOnly's body,
+`load_models_gpu` is what every core sampler calls), on CPU, in a temporary base directory.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wan_express.models import WanConfig
+from wan_express.synthetic import write_official_folder, write_vae
+
+from .comfyui_server import COMFYUI_DIR, COMFYUI_PYTHON, PACK_ROOT, requires_comfyui
+from .test_lora_apply import extractor_lora, float_model
+
+pytestmark = requires_comfyui
+
+# ComfyUI's Wan detection hard-codes text_dim 4096 and 128-wide heads; everything else tiny.
+TINY = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096)
+STRENGTH = 0.8
+
+NATIVE_SCRIPT = r"""
+import json, sys
+import torch
+from comfy.cli_args import args
+args.cpu = True
+args.base_directory = sys.argv[1]
+import comfy.model_management as mm
+import comfy.sd
+import comfy.utils
+
+from wan_express.kernels.quantize import quantize_weight
+from wan_express.kernels.quantized import QuantLinear
+from wan_express.loaders import load_planned, plan_dit
+from wan_express.loaders.lora import LoraSpec, load_loras, merge_loras
+from wan_express.nodes import host
+from wan_express.nodes.native import NativeOps, NativeWanDiT, core_model, network_of
+from wan_express.loaders.vae import load_vae
+
+folder, lora_file, vae_file, strength = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+torch.manual_seed(0)
+x = torch.randn(1, 16, 2, 4, 6)
+context = torch.randn(1, 512, 4096) * 0.1
+sigma = torch.tensor([0.6])
+report = {}
+
+
+def build(quantization):
+    return load_planned(plan_dit(folder, quantization=quantization), dtype=torch.float32, ops_factory=NativeOps,
+                        model_class=NativeWanDiT)
+
+
+def quantized(model):
+    return {name: module for name, module in model.named_modules() if isinstance(module, QuantLinear)}
+
+
+for quantization in ("fp8", "int8"):
+    dit = build(quantization)
+    patcher = core_model(dit)
+    state = dit.state_dict()
+    entry = {"class": type(patcher.model).__name__, "latent_format": type(patcher.model.latent_format).__name__,
+             "model_size": mm.module_size(patcher.model.diffusion_model),
+             "state_dict_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+             "fp32_bytes": sum(t.numel() * 4 for k, t in state.items() if not k.endswith("weight_scale")),
+             "quantized_elements": sum(t.numel() for t in state.values() if t.element_size() == 1)}
+    layers = quantized(dit)
+    originals = {name: module.weight.detach().clone() for name, module in layers.items()}
+    with torch.no_grad():
+        plain = patcher.model.apply_model(x, sigma, c_crossattn=context)
+
+    # core's LoraLoaderModelOnly, merged by core's full load into our codes (convert_weight / set_weight)
+    lora = comfy.utils.load_torch_file(lora_file)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)
+    entry["patched_keys"] = len(patched.patches)
+    mm.load_models_gpu([patched], force_full_load=True)
+    core_weights = {name: module.dequantized_weight() for name, module in layers.items()}
+    core_codes = {name: (module.weight.detach().clone(), module.scale.detach().clone())
+                  for name, module in layers.items()}
+    core_biases = {name: module.bias.detach().clone() for name, module in layers.items()}
+    with torch.no_grad():
+        core_out = patched.model.apply_model(x, sigma, c_crossattn=context)
+
+    # our own merge of the same LoRA into an identical model (dequantize -> add -> re-quantize, fresh scales)
+    reference = build(quantization)
+    merge_loras(reference, load_loras([LoraSpec(lora_file, strength)]))
+    ours = quantized(reference)
+    errors, steps, codes_differ, total = [], [], 0, 0
+    for name, module in layers.items():
+        want = ours[name].dequantized_weight()
+        errors.append((core_weights[name] - want).abs().max().item())
+        steps.append(ours[name].weight_scale.max().item())
+        codes_differ += int((module.weight != ours[name].weight).sum())
+        total += module.weight.numel()
+    entry["weight_max_abs_diff"] = max(errors)
+    entry["weight_max_step"] = max(steps)
+    entry["codes_differing"] = codes_differ / total
+    entry["bias_max_abs_diff"] = max((core_biases[n] - ours[n].bias).abs().max().item() for n in layers)
+    with torch.no_grad():
+        ours_out = reference(x, sigma * 1000, context)
+        want = x - ours_out * sigma
+    entry["output_rel_l2"] = ((core_out - want).norm() / want.norm()).item()
+    entry["lora_changed_output_rel_l2"] = ((core_out - plain).norm() / plain.norm()).item()
+
+    # lowvram streaming (LowVramPatch -> convert_weight, calculate_weight, set_weight(return_weight=True))
+    mm.unload_all_models()
+    entry["restored_bit_exact"] = all(torch.equal(layers[n].weight, originals[n]) for n in layers) and all(
+        layers[n].scale is layers[n].weight_scale for n in layers)
+    patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)
+    entry["lowvram_patches"] = patched.model.lowvram_patch_counter
+    entry["lowvram_streamed_layers"] = sum(bool(m.weight_function) for m in layers.values())
+    equal = differing = 0
+    for name, module in layers.items():  # what a streamed call computes with: the patched weight, quantized
+        streamed, _ = module._cast(torch.device("cpu"), module.weight.dtype)
+        codes, scale = quantize_weight(streamed.float(), module.scheme)
+        equal += int((codes == core_codes[name][0]).sum())
+        differing += int((codes != core_codes[name][0]).sum()) + int((scale != core_codes[name][1]).sum())
+    entry["lowvram_codes_differing"] = differing / max(equal, 1)
+    with torch.no_grad():
+        patched.model.apply_model(x, sigma, c_crossattn=context)
+    patched.unpatch_model(torch.device("cpu"))
+    entry["restored_after_lowvram"] = all(torch.equal(layers[n].weight, originals[n]) for n in layers)
+    report[quantization] = entry
+
+# memory sharing: DiT run, VAE decode, DiT again, all through load_models_gpu, with every file open recorded
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and isinstance(args[0], str)
+                 and (args[0].startswith(folder) or args[0] == vae_file) else None)
+dit = build("fp8")
+patcher = core_model(dit)
+vae = host.managed(load_vae(vae_file), "vae")
+opened.clear()
+network = network_of(patcher)
+with torch.no_grad():
+    host.load_models([patcher], (16, 2, 4, 6))
+    first = network(x, sigma * 1000, context[:, :32])
+    host.bring(vae)
+    vae.decode(first[:, :, :1])
+    host.load_models([patcher], (16, 2, 4, 6))
+    second = network(x, sigma * 1000, context[:, :32])
+report["memory"] = {"files_opened_between_runs": sorted(set(opened)), "same_output": bool(torch.equal(first, second)),
+                    "loaded_models": len(mm.current_loaded_models)}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def native_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("native")
+    folder = root / "Wan2.1-T2V-tiny"
+    write_official_folder(folder, TINY, seed=3)
+    lora = {k: v for k, v in extractor_lora(float_model(TINY, seed=3), seed=5, size=0.3).items()
+            if not k.endswith(".diff_m")}  # modulation deltas: core has no diff_m (the pack's LoRA inputs apply them)
+    lora_file = root / "lora.safetensors"
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(lora_file))
+    vae_file = write_vae(root / "Wan2.1_VAE.pth", "2.1")
+    (root / "base" / "custom_nodes").mkdir(parents=True)
+    importable = root / "importable"
+    importable.mkdir()
+    (importable / "wan_express").symlink_to(PACK_ROOT, target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=str(importable), PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([COMFYUI_PYTHON, "-c", NATIVE_SCRIPT, str(root / "base"), str(folder), str(lora_file),
+                             str(vae_file), str(STRENGTH)], cwd=COMFYUI_DIR, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "int8"])
+def test_core_lora_loader_on_quantized_models_equals_our_merge(native_report, quantization):
+    entry = native_report[quantization]
+    assert entry["class"] == "WAN21" and entry["latent_format"] == "Wan21"
+    assert entry["patched_keys"] > 0
+    # the same dequantize -> add -> re-quantize: equal up to the order of float additions (a code off by one step)
+    assert entry["weight_max_abs_diff"] <= entry["weight_max_step"] + 1e-7, entry
+    assert entry["codes_differing"] < 1e-3, entry
+    assert entry["bias_max_abs_diff"] < 1e-6, entry  # diff_b reached the biases
+    assert entry["output_rel_l2"] < 1e-3, entry
+    assert entry["lora_changed_output_rel_l2"] > 1e-2, entry  # and the LoRA did change the model
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "int8"])
+def test_unpatch_restores_codes_and_lowvram_streaming_matches_the_full_load(native_report, quantization):
+    entry = native_report[quantization]
+    assert entry["restored_bit_exact"] and entry["restored_after_lowvram"], entry
+    assert entry["lowvram_patches"] > 0 and entry["lowvram_streamed_layers"] > 0, entry
+    # lowvram hands the merged weight to each call, which quantizes it as the full load did: the same codes
+    assert entry["lowvram_codes_differing"] < 1e-4, entry
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "int8"])
+def test_the_model_reports_its_real_size_to_comfyui(native_report, quantization):
+    entry = native_report[quantization]
+    assert entry["model_size"] == entry["state_dict_bytes"]
+    # 1-byte codes (+ fp32 row scales), not float weights
+    assert entry["model_size"] < entry["fp32_bytes"] - 2 * entry["quantized_elements"], entry
+
+
+def test_a_dit_run_a_vae_decode_and_a_dit_run_share_memory_without_rereading_files(native_report):
+    memory = native_report["memory"]
+    assert memory["files_opened_between_runs"] == [], memory
+    assert memory["same_output"] and memory["loaded_models"] == 2, memory
