@@ -3,10 +3,12 @@
 from .component_nodes import (WanExpressCLIPVisionEncode, WanExpressCLIPVisionLoader, WanExpressTextEncode,
                               WanExpressTextEncoderLoader, WanExpressVAEDecode, WanExpressVAELoader)
 from .dit_loader_node import WanExpressDiTLoader
+from .lora_node import WanExpressLoRA
 from .sampler_node import WanExpressSampler
 
 NODE_CLASS_MAPPINGS = {
     "WanExpressDiTLoader": WanExpressDiTLoader,
+    "WanExpressLoRA": WanExpressLoRA,
     "WanExpressTextEncoderLoader": WanExpressTextEncoderLoader,
     "WanExpressTextEncode": WanExpressTextEncode,
     "WanExpressCLIPVisionLoader": WanExpressCLIPVisionLoader,
@@ -18,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressDiTLoader": "Wan Express DiT Loader",
+    "WanExpressLoRA": "Wan Express LoRA",
     "WanExpressTextEncoderLoader": "Wan Express Text Encoder Loader (umT5)",
     "WanExpressTextEncode": "Wan Express Text Encode",
     "WanExpressCLIPVisionLoader": "Wan Express CLIP Vision Loader",

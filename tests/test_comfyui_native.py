@@ -129,6 +129,33 @@ for quantization in ("fp8", "int8"):
     entry["restored_after_lowvram"] = all(torch.equal(layers[n].weight, originals[n]) for n in layers)
     report[quantization] = entry
 
+# the pack's LoRA node: every key style our reader knows (here LightX2V's, modulation deltas included) on FP8
+from wan_express.nodes.lora_node import WanExpressLoRA
+node_lora = sys.argv[6]
+dit = build("fp8")
+patcher = core_model(dit)
+node_model, _, node_report = WanExpressLoRA().apply(patcher, node_lora.rsplit("/", 1)[1], strength, "auto")
+mm.load_models_gpu([node_model], force_full_load=True)
+with torch.no_grad():
+    node_out = node_model.model.apply_model(x, sigma, c_crossattn=context)
+reference = build("fp8")
+merge_loras(reference, load_loras([LoraSpec(node_lora, strength)]))
+with torch.no_grad():
+    want = x - reference(x, sigma * 1000, context) * sigma
+mm.unload_all_models()
+untouched = build("fp8")
+report["lora_node"] = {
+    "report": node_report, "output_rel_l2": ((node_out - want).norm() / want.norm()).item(),
+    "base_restored": all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(),
+                                                           untouched.state_dict().values())),
+}
+# a pair: the file name routes it to the high-noise expert only
+high, low = core_model(build("fp8")), core_model(build("fp8"))
+routed_high, routed_low, pair_report = WanExpressLoRA().apply(high, node_lora.rsplit("/", 1)[1], strength, "auto",
+                                                              model_low=low)
+report["lora_node"].update(pair_report=pair_report, high_patched=len(routed_high.patches),
+                           low_is_unchanged=routed_low is low)
+
 # memory sharing: DiT run, VAE decode, DiT again, all through load_models_gpu, with every file open recorded
 opened = []
 sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and isinstance(args[0], str)
@@ -166,8 +193,15 @@ def native_report(tmp_path_factory):
     importable.mkdir()
     (importable / "wan_express").symlink_to(PACK_ROOT, target_is_directory=True)
     env = dict(os.environ, PYTHONPATH=str(importable), PYTHONDONTWRITEBYTECODE="1")
+    node_lora = root / "base" / "models" / "loras" / "wan_tiny_high_noise_lightx2v_lora.safetensors"
+    node_lora.parent.mkdir(parents=True)
+    full = extractor_lora(float_model(TINY, seed=3), seed=6, size=0.3)  # with diff_m, in LightX2V's key style
+    full["diffusion_model.blocks.0.some_adapter.lora_up.weight"] = torch.zeros(4, 4)  # matches nothing
+    full["diffusion_model.blocks.0.some_adapter.lora_down.weight"] = torch.zeros(4, 4)
+    save_file({k: v.contiguous() for k, v in full.items()}, str(node_lora))
     result = subprocess.run([COMFYUI_PYTHON, "-c", NATIVE_SCRIPT, str(root / "base"), str(folder), str(lora_file),
-                             str(vae_file), str(STRENGTH)], cwd=COMFYUI_DIR, capture_output=True, text=True,
+                             str(vae_file), str(STRENGTH), str(node_lora)], cwd=COMFYUI_DIR, capture_output=True,
+                            text=True,
                             timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -207,3 +241,13 @@ def test_a_dit_run_a_vae_decode_and_a_dit_run_share_memory_without_rereading_fil
     memory = native_report["memory"]
     assert memory["files_opened_between_runs"] == [], memory
     assert memory["same_output"] and memory["loaded_models"] == 2, memory
+
+
+def test_the_lora_node_applies_every_delta_reports_unmatched_keys_and_routes_by_expert(native_report):
+    node = native_report["lora_node"]
+    assert node["output_rel_l2"] < 1e-3, node  # modulation (diff_m) included, as our own merge does
+    assert node["base_restored"], node  # the cached model is untouched once the clone unloads
+    assert "modulation deltas" in node["report"] and "match nothing" in node["report"], node
+    assert "some_adapter" in node["report"], node
+    assert "high-noise expert" in node["pair_report"] and node["high_patched"] > 0 and node["low_is_unchanged"], node
+

@@ -15,7 +15,7 @@ two samplers, driving the same loaded network, give the same latent up to float 
 from __future__ import annotations
 
 import json
-import time
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from wan_express.models.latent_spaces import latent_space_of_vae
 from wan_express.synthetic import (TINY_CONFIG, random_weights_, write_components, write_model_folder,
                                    write_official_folder)
 
-from .comfyui_server import requires_comfyui, running_comfyui
+from .comfyui_server import COMFYUI_PYTHON, requires_comfyui, running_comfyui
 
 pytestmark = requires_comfyui
 
@@ -44,8 +44,12 @@ WIDTH, HEIGHT, LENGTH = 96, 64, 9
 LATENT_SHAPE = [1, 16, 3, HEIGHT // 8, WIDTH // 8]
 SEED = 42
 SHIFT = 5.0
-# max |core latent - pack latent| / max |core latent| allowed (observed: see the report in the test's docstring)
+# max |core latent - pack latent| / max |core latent|. Observed on CPU: ~2e-7 wherever both samplers feed the
+# network bit-identical inputs (every single-model graph, and the pair in bf16 / fp8). Between core's two
+# KSamplerAdvanced the latent makes a round trip (x / (1 - sigma), process_out, process_in, x (1 - sigma)) that
+# moves it by float rounding; int8's per-token activation rounding turns that into ~7e-4 at the end.
 LATENT_TOLERANCE = 1e-3
+INT8_PAIR_TOLERANCE = 1e-2
 
 
 def write_core_vae(path: Path, seed: int = 0) -> Path:
@@ -151,6 +155,25 @@ def saved_images(base: Path, outputs: dict, node: str) -> list[Path]:
     return paths
 
 
+# Run by COMFYUI_PYTHON (it has PyAV, which core's SaveVideo writes with): an mp4's frames, size, codec and rate.
+PROBE_VIDEO = """
+import json, sys
+import av
+with av.open(sys.argv[1]) as container:
+    stream = container.streams.video[0]
+    frames = sum(1 for _ in container.decode(stream))
+    print(json.dumps({"frames": frames, "width": stream.width, "height": stream.height,
+                      "codec": stream.codec_context.name, "fps": float(stream.average_rate)}))
+"""
+
+
+def probe_video(path: Path) -> dict:
+    result = subprocess.run([COMFYUI_PYTHON, "-c", PROBE_VIDEO, str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def relative_difference(core: torch.Tensor, ours: torch.Tensor) -> float:
     return ((core.float() - ours.float()).abs().max() / core.float().abs().max()).item()
 
@@ -178,6 +201,8 @@ def test_core_t2v_graph_runs_our_model_saves_a_video_and_matches_our_sampler(com
     (video_file,) = saved_images(base, outputs, save_video)
     assert video_file.suffix == ".mp4" and video_file.parent == base / "output" / "native"
     assert video_file.stat().st_size > 1000
+    assert probe_video(video_file) == {"frames": LENGTH, "width": WIDTH, "height": HEIGHT, "codec": "h264",
+                                       "fps": 16.0}
     core, mine = saved_latent(base, outputs, save_core), saved_latent(base, outputs, save_ours)
     assert list(core.shape) == LATENT_SHAPE and list(mine.shape) == LATENT_SHAPE
     assert torch.isfinite(core).all() and torch.isfinite(mine).all()
@@ -218,13 +243,14 @@ def test_core_wan_image_to_video_conditioning_drives_our_i2v_model_in_both_sampl
     assert difference < LATENT_TOLERANCE
 
 
-def test_wan22_pair_runs_through_two_core_ksampler_advanced_high_then_low(comfyui):
+@pytest.mark.parametrize("quantization,tolerance", [("fp8", LATENT_TOLERANCE), ("int8", INT8_PAIR_TOLERANCE)])
+def test_wan22_pair_runs_through_two_core_ksampler_advanced_high_then_low(comfyui, quantization, tolerance):
     """An A14B folder gives model (high) and model_low (low); KSamplerAdvanced runs steps 0-2 on high with leftover
     noise and 2-end on low without new noise, as core's Wan2.2 templates do; the latent equals the pack sampler's
     own expert switch (distill boundary after step 2) on the same pair."""
     server, base = comfyui
     graph = Graph()
-    loader = dit_loader(graph, PAIR_FOLDER, "int8")
+    loader = dit_loader(graph, PAIR_FOLDER, quantization)
     positive, negative = text_conditioning(graph, PAIR_FOLDER)
     empty = graph.add("EmptyHunyuanLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
     high = graph.add("ModelSamplingSD3", model=graph.out(loader, 0), shift=SHIFT)
@@ -236,10 +262,10 @@ def test_wan22_pair_runs_through_two_core_ksampler_advanced_high_then_low(comfyu
     second = graph.add("KSamplerAdvanced", model=graph.out(low), add_noise="disable", latent_image=graph.out(first),
                        start_at_step=2, end_at_step=10000, return_with_leftover_noise="disable", **common)
     decoded = graph.add("VAEDecode", samples=graph.out(second), vae=core_vae(graph))
-    save_frames = graph.add("SaveImage", images=graph.out(decoded), filename_prefix="native/pair_core")
-    save_core = graph.add("SaveLatent", samples=graph.out(second), filename_prefix="native/pair_core")
+    save_frames = graph.add("SaveImage", images=graph.out(decoded), filename_prefix=f"native/pair_{quantization}_core")
+    save_core = graph.add("SaveLatent", samples=graph.out(second), filename_prefix=f"native/pair_{quantization}_core")
     ours = pack_sampler(graph, graph.out(loader, 0), positive, negative, model_low=graph.out(loader, 1))
-    save_ours = graph.add("SaveLatent", samples=graph.out(ours), filename_prefix="native/pair_ours")
+    save_ours = graph.add("SaveLatent", samples=graph.out(ours), filename_prefix=f"native/pair_{quantization}_ours")
 
     outputs, log = run(server, graph)
     lowered = log.lower()
@@ -248,5 +274,5 @@ def test_wan22_pair_runs_through_two_core_ksampler_advanced_high_then_low(comfyu
     core, mine = saved_latent(base, outputs, save_core), saved_latent(base, outputs, save_ours)
     assert list(core.shape) == LATENT_SHAPE and torch.isfinite(core).all() and torch.isfinite(mine).all()
     difference = relative_difference(core, mine)
-    print(f"pair: max|core - ours| / max|core| = {difference:.3g}")
-    assert difference < LATENT_TOLERANCE
+    print(f"pair {quantization}: max|core - ours| / max|core| = {difference:.3g}")
+    assert difference < tolerance

@@ -87,6 +87,7 @@ class LoraPlan:
         self.loras = list(loras)
         self.shapes = {key: tuple(shape) for key, shape in shapes.items()}
         self.entries: dict[str, list[LoraEntry]] = {}
+        self.skipped: list[str] = []  # file keys that match no tensor of the model (image-branch keys excluded)
         for index, applied in enumerate(self.loras):
             self._match(index, applied, source)
 
@@ -128,6 +129,7 @@ class LoraPlan:
         if skipped:
             log.warning("LoRA %s: %d keys match nothing in this model and were skipped: %s", lora.name,
                         len(skipped), _summary(skipped))
+        self.skipped += skipped
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
