@@ -147,6 +147,19 @@ class WanExpressSampler:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, length=None, denoising_step_list=None):
+        """Checked when the prompt is queued, before any node runs (values of connected inputs are not known yet)."""
+        if length is not None and (length - 1) % 4:
+            return (f"length {length}: Wan videos have 1 + 4k frames (for example 81, 49 or 17); "
+                    f"use {length - (length - 1) % 4} or {length - (length - 1) % 4 + 4}")
+        if denoising_step_list is not None:
+            try:
+                DistillSchedule(parse_step_list(denoising_step_list))
+            except InvalidInputError as error:
+                return str(error)
+        return True
+
     def generate(self, model, positive, width, height, length, seed, schedule, denoising_step_list, steps, shift,
                  cfg, noise_source, offload_idle_expert, model_low=None, negative=None, vae=None, start_image=None,
                  end_image=None, clip_vision_output=None, latent=None, denoise=1.0):
@@ -209,6 +222,11 @@ class WanExpressSampler:
                                  stride=space.stride, negative_context=negative_context)
         if vae is None:
             raise InvalidInputError("a start_image needs the vae input to encode it")
+        if vae.z_dim != config.out_dim:
+            wanted = latent_space(config.out_dim)
+            raise InvalidInputError(f"this {config.model_type} model works in {wanted.name} latents "
+                                    f"({config.out_dim} channels) but the connected VAE makes {vae.z_dim}-channel "
+                                    f"latents; load the {wanted.name} VAE (Wan{wanted.vae_version}_VAE.pth)")
         area = width * height
         first = image_of(start_image, 0)
         if end_image is not None:

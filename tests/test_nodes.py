@@ -112,3 +112,31 @@ def test_image_models_run_through_the_nodes(pipeline, tmp_path):
     (latent,) = WanExpressSampler().generate(image_dit("ti2v"), positive, **dict(size, width=64, height=64),
                                              vae=vae22, start_image=start)
     assert latent["samples"].shape[1] == 48 and torch.isfinite(latent["samples"]).all()
+
+
+def test_sampler_inputs_are_validated_when_the_prompt_is_queued():
+    assert WanExpressSampler.VALIDATE_INPUTS(length=81, denoising_step_list="1000,750,500,250") is True
+    assert "1 + 4k frames" in WanExpressSampler.VALIDATE_INPUTS(length=80)
+    assert "77 or 81" in WanExpressSampler.VALIDATE_INPUTS(length=80)
+    assert "whole numbers" in WanExpressSampler.VALIDATE_INPUTS(denoising_step_list="1000,x")
+
+
+def test_a_ti2v_model_given_the_wan21_vae_is_told_which_vae_it_needs(pipeline):
+    (positive,) = WanExpressTextEncode().encode(pipeline["text_encoder"], "a cat")
+    with pytest.raises(InvalidInputError, match=r"Wan2\.2 latents \(48 channels\).*Wan2\.2_VAE\.pth"):
+        WanExpressSampler().generate(image_dit("ti2v"), positive, **dict(SAMPLER_DEFAULTS, width=64, height=64),
+                                     vae=pipeline["vae"], start_image=torch.rand(1, 64, 64, 3))
+
+
+def test_denoise_below_one_regenerates_a_given_latent_from_a_later_step(pipeline):
+    (positive,) = WanExpressTextEncode().encode(pipeline["text_encoder"], "a cat")
+    (first,) = WanExpressSampler().generate(pipeline["dit"], positive, **SAMPLER_DEFAULTS)
+    (again,) = WanExpressSampler().generate(pipeline["dit"], positive, **SAMPLER_DEFAULTS, latent=first, denoise=0.5)
+    context = pipeline["text_encoder"].encode(["a cat"])[0][None]
+    conditioning = text_to_video(context, width=96, height=64, frames=9)
+    expected = sample(pipeline["dit"], conditioning, schedule=DistillSchedule(), seed=3,
+                      init_latent=to_normalized(first["samples"]), start_step=2)
+    torch.testing.assert_close(to_normalized(again["samples"]), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(again["samples"], first["samples"])
+    with pytest.raises(InvalidInputError, match="needs a latent"):
+        WanExpressSampler().generate(pipeline["dit"], positive, **SAMPLER_DEFAULTS, denoise=0.5)

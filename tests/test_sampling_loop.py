@@ -264,3 +264,30 @@ def test_tiny_ti2v_pipeline_keeps_the_image_latent_and_decodes(tmp_path):
     assert torch.equal(runs[0][:, :, :1], cond.first_latent) and torch.equal(runs[2][:, :, :1], cond.first_latent)
     video = vae.decode(runs[0])
     assert video.shape == (1, 3, 5, 32, 64) and torch.isfinite(video).all()
+
+
+@pytest.mark.parametrize("schedule", [DistillSchedule(), FlowUniPC(steps=6, shift=5.0, cfg=1.0)])
+def test_a_partial_run_starts_from_the_given_latent_noised_to_its_first_step(schedule):
+    model = tiny_dit(seed=4)
+    calls = record_timesteps(model)
+    start = schedule.num_steps // 2
+    given = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(8))
+    result = sample(model, t2v_conditioning(negative=False), schedule=schedule, seed=0, init_latent=given,
+                    start_step=start)
+    assert [t.item() for t in calls] == pytest.approx(schedule.timesteps()[start:].float().tolist())
+    assert torch.isfinite(result).all() and result.shape == (1, *LATENT)
+    # the first model input is (1 - sigma) * latent + sigma * noise, with the run's own noise
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    sample(model, t2v_conditioning(negative=False), schedule=schedule, seed=0, init_latent=given, start_step=start)
+    sigma = schedule.sigmas()[start].item()
+    noise = initial_noise(LATENT, 0, "cpu", torch.device("cpu"))
+    torch.testing.assert_close(seen[0].float(), ((1 - sigma) * given + sigma * noise).to(seen[0].dtype).float())
+    with pytest.raises(InvalidInputError, match="outside the schedule"):
+        sample(model, t2v_conditioning(negative=False), schedule=schedule, seed=0, start_step=schedule.num_steps)
+
+
+def test_expert_switching_is_logged_as_step_ranges(caplog):
+    caplog.set_level("INFO", logger="wan_express.sampling.sampler")
+    sample((tiny_dit(seed=1), tiny_dit(seed=2)), t2v_conditioning(), schedule=DistillSchedule(), seed=0)
+    assert any("experts high steps 1-2, low steps 3-4" in record.getMessage() for record in caplog.records)
