@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
 
@@ -23,12 +24,26 @@ class CastLinear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
+# The attention choice of the loaders: PyTorch's SDPA picks its kernel ("auto"), or one kernel is asked for (math
+# stays allowed as the fallback where that kernel cannot run, e.g. flash on a CPU or for fp32 inputs).
+ATTENTION_BACKENDS = {
+    "auto": None,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
 class TorchOps:
     """Reference operations in plain PyTorch.
 
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
+    ``attention_backend``: a key of `ATTENTION_BACKENDS`.
     """
+
+    attention_backend = "auto"
 
     def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
         """A Linear layer; its state-dict keys must be ``weight`` (+ ``bias``) plus any scales it declares."""
@@ -69,4 +84,8 @@ class TorchOps:
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""
-        return F.scaled_dot_product_attention(q, k, v)
+        kernel = ATTENTION_BACKENDS[self.attention_backend]
+        if kernel is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel([kernel, SDPBackend.MATH]):
+            return F.scaled_dot_product_attention(q, k, v)

@@ -24,7 +24,7 @@ from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, l
                         norm_modulate_quantized, quantize_rows, quantize_rows_reference, rms_norm_quantized,
                         use_triton)
 from .capability import native_gemm
-from .ops import CastLinear, TorchOps
+from .ops import ATTENTION_BACKENDS, CastLinear, TorchOps
 
 __all__ = ["CODE_DTYPES", "GRANULARITIES", "QuantScheme", "QuantLinear", "QuantOps", "QuantizedActivation"]
 GRANULARITIES = ("channel", "tensor")
@@ -173,10 +173,14 @@ class QuantOps(TorchOps):
     `float_inputs`.
     """
 
-    def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False):
+    def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False,
+                 attention: str = "auto"):
         backends.check_name(backend)
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend {attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         self.layers = dict(layers)
         self.backend, self.emulate_activations = backend, emulate_activations
+        self.attention_backend = attention
         self.float_names: frozenset[str] = frozenset()
 
     def float_inputs(self, names: Iterable[str]) -> "QuantOps":

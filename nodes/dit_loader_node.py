@@ -6,6 +6,7 @@ quantized-at-load model is rounded once, which a LoRA node downstream of the loa
 from __future__ import annotations
 
 from ..expert_names import BOTH, EXPERTS
+from ..kernels.ops import ATTENTION_BACKENDS
 from ..loaders import DitPlan, load_planned, plan_dit
 from ..loaders.lora.spec import LoraSpec
 from . import host
@@ -66,19 +67,24 @@ class WanExpressDiTLoader:
                                     "only one."}),
                 **_lora_inputs("lora"),
                 **_lora_inputs("lora_2"),
+                "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "PyTorch attention kernel: "
+                              "auto lets PyTorch choose (flash / cuDNN on recent GPUs); the others ask for one, "
+                              "falling back to math where it cannot run."}),
             },
         }
 
     @classmethod
-    def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = "", **loras):
+    def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = "", attention: str = "auto",
+                   **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
         the LoRAs it names, the chosen LoRAs), or an option does."""
-        return repr((_plan(model, quantization, file, loras).stamp(), dtype))
+        return repr((_plan(model, quantization, file, loras).stamp(), dtype, attention))
 
-    def load(self, model: str, quantization: str, dtype: str, file: str = "", **loras):
+    def load(self, model: str, quantization: str, dtype: str, file: str = "", attention: str = "auto", **loras):
         plan = _plan(model, quantization, file, loras)
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
-        built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(), ops_factory=NativeOps,
+        built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
+                             ops_factory=lambda layers: NativeOps(layers, attention=attention),
                              model_class=NativeWanDiT)
         experts = built if plan.is_pair else (built,)
         models = [core_model(expert) for expert in experts]

@@ -247,3 +247,13 @@ def test_the_block_producer_table_is_what_the_block_asks_its_ops_and_feeds_its_l
                 for producer, consumers in WanBlock.PRODUCERS.items() for consumer in consumers}
         got = {layer: name for layer, name in fed.items() if layer.startswith(f"blocks.{i}.") and name}
         assert got == want
+
+
+@pytest.mark.parametrize("attention", ["math", "efficient", "flash", "cudnn"])
+def test_every_attention_choice_computes_the_same_attention(attention):
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24, 64, generator=generator) for _ in range(3))
+    chosen = QuantOps({}, attention=attention).attention(q, k, v)
+    torch.testing.assert_close(chosen, TorchOps().attention(q, k, v), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention backend 'sage'"):
+        QuantOps({}, attention="sage")
