@@ -156,6 +156,22 @@ routed_high, routed_low, pair_report = WanExpressLoRA().apply(high, node_lora.rs
 report["lora_node"].update(pair_report=pair_report, high_patched=len(routed_high.patches),
                            low_is_unchanged=routed_low is low)
 
+# a model loaded by core's own loader (core's WanModel) driven by our sampler through network_of
+from wan_express.sampling import DistillSchedule, sample, text_to_video
+core_loaded = comfy.sd.load_diffusion_model(sys.argv[7])
+network = network_of(core_loaded)
+mm.load_models_gpu([core_loaded])
+with torch.no_grad():
+    velocity = network(x, sigma * 1000, context)
+    denoised = core_loaded.model.apply_model(x, sigma, c_crossattn=context)
+    latent = sample(network, text_to_video(context[:, :16], width=48, height=32, frames=5),
+                    schedule=DistillSchedule(), seed=1)
+report["core_loaded"] = {"network": type(core_loaded.model.diffusion_model).__module__,
+                         "config": [network.config.model_type, network.config.dim, network.config.num_layers],
+                         "apply_model_rel_err": ((x - velocity * sigma - denoised).norm() / denoised.norm()).item(),
+                         "sampled_finite": bool(torch.isfinite(latent).all()), "latent": list(latent.shape)}
+mm.unload_all_models()
+
 # memory sharing: DiT run, VAE decode, DiT again, all through load_models_gpu, with every file open recorded
 opened = []
 sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and isinstance(args[0], str)
@@ -199,8 +215,12 @@ def native_report(tmp_path_factory):
     full["diffusion_model.blocks.0.some_adapter.lora_up.weight"] = torch.zeros(4, 4)  # matches nothing
     full["diffusion_model.blocks.0.some_adapter.lora_down.weight"] = torch.zeros(4, 4)
     save_file({k: v.contiguous() for k, v in full.items()}, str(node_lora))
+    core_file = root / "wan_tiny_bf16.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in float_model(TINY, seed=3).state_dict().items()},
+              str(core_file))
     result = subprocess.run([COMFYUI_PYTHON, "-c", NATIVE_SCRIPT, str(root / "base"), str(folder), str(lora_file),
-                             str(vae_file), str(STRENGTH), str(node_lora)], cwd=COMFYUI_DIR, capture_output=True,
+                             str(vae_file), str(STRENGTH), str(node_lora), str(core_file)], cwd=COMFYUI_DIR,
+                            capture_output=True,
                             text=True,
                             timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -250,4 +270,12 @@ def test_the_lora_node_applies_every_delta_reports_unmatched_keys_and_routes_by_
     assert "modulation deltas" in node["report"] and "match nothing" in node["report"], node
     assert "some_adapter" in node["report"], node
     assert "high-noise expert" in node["pair_report"] and node["high_patched"] > 0 and node["low_is_unchanged"], node
+
+
+def test_our_sampler_drives_a_model_core_loaded_itself(native_report):
+    core = native_report["core_loaded"]
+    assert core["network"] == "comfy.ldm.wan.model" and core["config"] == ["t2v", TINY.dim, TINY.num_layers], core
+    # our call of core's network is core's own apply_model: x - v·σ is its denoised output
+    assert core["apply_model_rel_err"] < 1e-3, core
+    assert core["sampled_finite"] and core["latent"] == [1, 16, 2, 4, 6], core
 
