@@ -1,5 +1,10 @@
 """ComfyUI node classes (V1 API: ``NODE_CLASS_MAPPINGS``; never also a V3 ``comfy_entrypoint``)."""
 
+import functools
+
+from ..errors import WanExpressError
+from . import host
+
 from .component_nodes import (WanExpressCLIPVisionEncode, WanExpressCLIPVisionLoader, WanExpressTextEncode,
                               WanExpressTextEncoderLoader, WanExpressVAEDecode, WanExpressVAELoader)
 from .dit_loader_node import WanExpressDiTLoader
@@ -29,3 +34,20 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressSampler": "Wan Express Sampler",
     "WanExpressVAEDecode": "Wan Express VAE Decode",
 }
+
+
+def _in_users_words(function):
+    """The node's function with the pack's errors naming model files as ``models/<folder>/...``."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except WanExpressError as error:
+            error.args = (host.user_paths(str(error)), *error.args[1:])
+            raise
+    return run
+
+
+for _node in NODE_CLASS_MAPPINGS.values():
+    setattr(_node, _node.FUNCTION, _in_users_words(getattr(_node, _node.FUNCTION)))
+

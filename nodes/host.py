@@ -27,6 +27,20 @@ def register_model_folders() -> None:
         folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / FOLDER_KEY), is_default=True)
 
 
+def user_paths(text: str) -> str:
+    """``text`` with the absolute paths of ComfyUI's model folders written as ``models/<folder>``, as users know
+    them (longest first, so a folder inside another keeps its own name)."""
+    folder_paths = _folder_paths()
+    if folder_paths is None:
+        return text
+    roots = [(str(Path(path)), f"models/{key}") for key, (paths, _) in folder_paths.folder_names_and_paths.items()
+             for path in paths]
+    roots.append((str(Path(folder_paths.models_dir)), "models"))
+    for root, shown in sorted(roots, key=lambda pair: -len(pair[0])):
+        text = text.replace(root + "/", shown + "/").replace(root, shown)
+    return text
+
+
 def _roots() -> list[Path]:
     folder_paths = _folder_paths()
     if folder_paths is None:

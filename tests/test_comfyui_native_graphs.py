@@ -78,6 +78,7 @@ def comfyui(tmp_path_factory):
     write_components(models / I2V_FOLDER.rstrip("/"), I2V_CONFIG.text_dim)
     write_pair_folder(models / PAIR_FOLDER.rstrip("/"))
     write_core_vae(base / "models" / "vae" / CORE_VAE)
+    (models / "Empty-Folder").mkdir()  # a model folder without weights, for the error message
     (base / "input").mkdir(parents=True, exist_ok=True)
     pixels = (torch.rand(72, 120, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     Image.fromarray(pixels.numpy()).save(base / "input" / START_IMAGE)
@@ -276,3 +277,18 @@ def test_wan22_pair_runs_through_two_core_ksampler_advanced_high_then_low(comfyu
     difference = relative_difference(core, mine)
     print(f"pair {quantization}: max|core - ours| / max|core| = {difference:.3g}")
     assert difference < tolerance
+
+
+def test_a_loader_error_names_the_folder_as_the_user_knows_it(comfyui):
+    server, base = comfyui
+    graph = Graph()
+    loader = dit_loader(graph, "Empty-Folder/", "auto")
+    sampled = pack_sampler(graph, graph.out(loader), *text_conditioning(graph))
+    graph.add("SaveLatent", samples=graph.out(sampled), filename_prefix="native/error")
+    history = server.run_prompt(graph.nodes)
+    assert history["status"]["status_str"] == "error"
+    error = next(message[1] for message in history["status"]["messages"] if message[0] == "execution_error")
+    assert error["exception_type"].endswith("MissingComponentError"), error
+    assert error["exception_message"].startswith("models/wan_express/Empty-Folder: no DiT weights found"), error
+    assert str(base) not in error["exception_message"], error
+
