@@ -149,6 +149,25 @@ report["lora_node"] = {
     "base_restored": all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(),
                                                            untouched.state_dict().values())),
 }
+# live mode: the low-rank pairs run beside the FP8 codes, which stay as stored; the library's attach_loras is the same
+from wan_express.loaders.lora import attach_loras
+live_dit = build("fp8")
+live_model, _, live_report = WanExpressLoRA().apply(core_model(live_dit), node_lora.rsplit("/", 1)[1], strength,
+                                                    "auto", mode="live")
+codes_before = {n: m.weight.detach().clone() for n, m in quantized(live_dit).items()}
+mm.load_models_gpu([live_model], force_full_load=True)
+with torch.no_grad():
+    live_out = live_model.model.apply_model(x, sigma, c_crossattn=context)
+codes_kept = all(torch.equal(m.weight, codes_before[n]) for n, m in quantized(live_dit).items())
+mm.unload_all_models()
+attached = build("fp8")
+attach_loras(attached, load_loras([LoraSpec(node_lora, strength)]))
+with torch.no_grad():
+    want_live = x - attached(x, sigma * 1000, context) * sigma
+report["lora_node"].update(live_report=live_report, live_codes_kept=codes_kept,
+                           live_rel_l2=((live_out - want_live).norm() / want_live.norm()).item(),
+                           live_vs_merge_rel_l2=((live_out - node_out).norm() / node_out.norm()).item())
+
 # a pair: the file name routes it to the high-noise expert only
 high, low = core_model(build("fp8")), core_model(build("fp8"))
 routed_high, routed_low, pair_report = WanExpressLoRA().apply(high, node_lora.rsplit("/", 1)[1], strength, "auto",
@@ -278,4 +297,11 @@ def test_our_sampler_drives_a_model_core_loaded_itself(native_report):
     # our call of core's network is core's own apply_model: x - v·σ is its denoised output
     assert core["apply_model_rel_err"] < 1e-3, core
     assert core["sampled_finite"] and core["latent"] == [1, 16, 2, 4, 6], core
+
+
+def test_the_lora_node_live_mode_keeps_quantized_codes_and_equals_our_side_branches(native_report):
+    node = native_report["lora_node"]
+    assert node["live_codes_kept"] and "live side branches" in node["live_report"], node
+    assert node["live_rel_l2"] < 1e-4, node  # the library's attach_loras: the same side branches
+    assert node["live_vs_merge_rel_l2"] < 5e-2, node  # and within 8-bit rounding of the merged codes
 
