@@ -31,7 +31,7 @@ NATIVE_SCRIPT = r"""
 import json, sys
 import torch
 from comfy.cli_args import args
-args.cpu = True
+args.cpu = not torch.cuda.is_available()  # a GPU run (the device check) uses the card
 args.base_directory = sys.argv[1]
 import comfy.model_management as mm
 import comfy.sd
@@ -47,15 +47,16 @@ from wan_express.loaders.vae import load_vae
 
 folder, lora_file, vae_file, strength = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 torch.manual_seed(0)
-x = torch.randn(1, 16, 2, 4, 6)
-context = torch.randn(1, 512, 4096) * 0.1
-sigma = torch.tensor([0.6])
+dev = mm.get_torch_device()
+x = torch.randn(1, 16, 2, 4, 6).to(dev)
+context = (torch.randn(1, 512, 4096) * 0.1).to(dev)
+sigma = torch.tensor([0.6]).to(dev)
 report = {}
 
 
-def build(quantization):
+def build(quantization, device="cpu"):
     return load_planned(plan_dit(folder, quantization=quantization), dtype=torch.float32, ops_factory=NativeOps,
-                        model_class=NativeWanDiT)
+                        model_class=NativeWanDiT, device=device)
 
 
 def quantized(model):
@@ -89,7 +90,7 @@ for quantization in ("fp8", "int8"):
         core_out = patched.model.apply_model(x, sigma, c_crossattn=context)
 
     # our own merge of the same LoRA into an identical model (dequantize -> add -> re-quantize, fresh scales)
-    reference = build(quantization)
+    reference = build(quantization, dev)
     merge_loras(reference, load_loras([LoraSpec(lora_file, strength)]))
     ours = quantized(reference)
     errors, steps, codes_differ, total = [], [], 0, 0
@@ -113,19 +114,20 @@ for quantization in ("fp8", "int8"):
     mm.unload_all_models()
     entry["restored_bit_exact"] = all(torch.equal(layers[n].weight, originals[n]) for n in layers) and all(
         layers[n].scale is layers[n].weight_scale for n in layers)
-    patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)
+    patched.patch_model(device_to=dev, lowvram_model_memory=1)
     entry["lowvram_patches"] = patched.model.lowvram_patch_counter
     entry["lowvram_streamed_layers"] = sum(bool(m.weight_function) for m in layers.values())
     equal = differing = 0
     for name, module in layers.items():  # what a streamed call computes with: the patched weight, quantized
-        streamed, _ = module._cast(torch.device("cpu"), module.weight.dtype)
+        streamed, _ = module._cast(dev, module.weight.dtype)
         codes, scale = quantize_weight(streamed.float(), module.scheme)
-        equal += int((codes == core_codes[name][0]).sum())
-        differing += int((codes != core_codes[name][0]).sum()) + int((scale != core_codes[name][1]).sum())
+        want_codes, want_scale = (tensor.to(dev) for tensor in core_codes[name])
+        equal += int((codes == want_codes).sum())
+        differing += int((codes != want_codes).sum()) + int((scale != want_scale).sum())
     entry["lowvram_codes_differing"] = differing / max(equal, 1)
     with torch.no_grad():
         patched.model.apply_model(x, sigma, c_crossattn=context)
-    patched.unpatch_model(torch.device("cpu"))
+    patched.unpatch_model(patched.offload_device)
     entry["restored_after_lowvram"] = all(torch.equal(layers[n].weight, originals[n]) for n in layers)
     report[quantization] = entry
 
@@ -138,7 +140,7 @@ node_model, _, node_report = WanExpressLoRA().apply(patcher, node_lora.rsplit("/
 mm.load_models_gpu([node_model], force_full_load=True)
 with torch.no_grad():
     node_out = node_model.model.apply_model(x, sigma, c_crossattn=context)
-reference = build("fp8")
+reference = build("fp8", dev)
 merge_loras(reference, load_loras([LoraSpec(node_lora, strength)]))
 with torch.no_grad():
     want = x - reference(x, sigma * 1000, context) * sigma
@@ -158,9 +160,9 @@ codes_before = {n: m.weight.detach().clone() for n, m in quantized(live_dit).ite
 mm.load_models_gpu([live_model], force_full_load=True)
 with torch.no_grad():
     live_out = live_model.model.apply_model(x, sigma, c_crossattn=context)
-codes_kept = all(torch.equal(m.weight, codes_before[n]) for n, m in quantized(live_dit).items())
+codes_kept = all(torch.equal(m.weight.cpu(), codes_before[n]) for n, m in quantized(live_dit).items())
 mm.unload_all_models()
-attached = build("fp8")
+attached = build("fp8", dev)
 attach_loras(attached, load_loras([LoraSpec(node_lora, strength)]))
 with torch.no_grad():
     want_live = x - attached(x, sigma * 1000, context) * sigma
