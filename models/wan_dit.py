@@ -190,12 +190,16 @@ class WanBlock(nn.Module):
             ops.linear(config.ffn_dim, dim, name=f"{name}.ffn.2"))
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
+    def producers_of(self, layers: Iterable[str]) -> set[str]:
+        """Official names of the ops whose output feeds any of ``layers`` (block-relative linears, ``ffn.2``)."""
+        layers = set(layers)
+        return {f"{self.name}.{producer}" for producer, consumers in self.PRODUCERS.items()
+                if layers.intersection(consumers)}
+
     def float_inputs(self, layers: Iterable[str]) -> Callable[[], None]:
         """Have the ops producing the inputs of ``layers`` (block linears, e.g. ``ffn.2``) return float, never a fused
         quantization (`TorchOps.float_inputs`); the linears stay as built. Returns the call that undoes it."""
-        layers = set(layers)
-        names = {f"{self.name}.{producer}" for producer, consumers in self.PRODUCERS.items()
-                 if layers.intersection(consumers)}
+        names = self.producers_of(layers)
         ops, activation = self.ops, self.ffn[1]
         self.ops = ops.float_inputs(names)
         if f"{self.name}.ffn.2" in names:

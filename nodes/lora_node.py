@@ -104,6 +104,7 @@ def apply_lora(model, spec: LoraSpec, live: bool = False):
         current = clone.object_patches.get(key)
         stack = current.branches if isinstance(current, _SideBranches) else ()
         clone.add_object_patch(key, _SideBranches(network.get_submodule(name), (*stack, (down, up, factor))))
+    _feed_float_inputs(clone, network, branches)
     patches = comfy.lora.load_lora(core_named, comfy.lora.model_lora_keys_unet(clone.model, {}), log_missing=False)
     added = clone.add_patches(patches, spec.strength)
     for key, delta in modulation.items():
@@ -144,6 +145,27 @@ def _core_state_dict(plan: LoraPlan, spec: LoraSpec, live: bool):
             else:
                 tensors[f"{base}.{entry.role}"] = getattr(module, entry.role)
     return tensors, modulation, branches
+
+
+def _feed_float_inputs(clone, network, branches) -> None:
+    """Object patches that keep a branched linear's input in float: the ops producing it (a fused LayerNorm / GELU
+    quantization on CUDA) return float instead, as the library's `attach_loras` arranges, so the branch sees the
+    exact input."""
+    by_block: dict[str, set[str]] = {}
+    for name in branches:
+        if name.startswith("blocks."):
+            block, _, layer = name.removeprefix("blocks.").partition(".")
+            by_block.setdefault(block, set()).add(layer)
+    for index, layers in by_block.items():
+        block = network.blocks[int(index)]
+        names = block.producers_of(layers)
+        if not names:
+            continue
+        ops_key = f"{PREFIX}blocks.{index}.ops"
+        ops = clone.object_patches.get(ops_key, block.ops).float_inputs(names)
+        clone.add_object_patch(ops_key, ops)
+        if f"{block.name}.ffn.2" in names:
+            clone.add_object_patch(f"{PREFIX}blocks.{index}.ffn.1", ops.gelu_tanh(name=f"{block.name}.ffn.2"))
 
 
 class _SideBranches:

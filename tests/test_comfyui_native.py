@@ -74,6 +74,7 @@ for quantization in ("fp8", "int8"):
              "quantized_elements": sum(t.numel() for t in state.values() if t.element_size() == 1)}
     layers = quantized(dit)
     originals = {name: module.weight.detach().clone() for name, module in layers.items()}
+    mm.load_models_gpu([patcher], force_full_load=True)
     with torch.no_grad():
         plain = patcher.model.apply_model(x, sigma, c_crossattn=context)
 
