@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from wan_express.models import VaeConfig, WanConfig
+from wan_express.models import ClipVisionConfig, ClipVisionEncoder, VaeConfig, WanConfig
 from wan_express.models.latent_spaces import latent_space_of_vae
 from wan_express.synthetic import (TINY_CONFIG, random_weights_, write_components, write_model_folder,
                                    write_official_folder)
@@ -34,11 +34,17 @@ pytestmark = requires_comfyui
 
 T2V_FOLDER = "Wan2.1-T2V-tiny/"
 I2V_FOLDER = "Wan2.2-I2V-tiny/"
+FLF_FOLDER = "Wan2.1-FLF2V-tiny/"
+CLIP_FILE = "clip_vision_tiny.safetensors"
+END_IMAGE = "end.png"
 PAIR_FOLDER = "Wan2.2-T2V-A14B-tiny/"
 CORE_VAE = "wan_2.1_vae_random.safetensors"
 START_IMAGE = "start.png"
 # A Wan2.2-I2V-style single model: 36 input channels (noise + mask + image latent), no CLIP branch.
 I2V_CONFIG = WanConfig("i2v", 36, 16, clip_branch=False, dim=256, ffn_dim=512, num_heads=2, num_layers=1,
+                       text_dim=TINY_CONFIG.text_dim)
+# Wan2.1 FLF2V: CLIP branch with the first and last frames' tokens (2 x 257) and their position embedding.
+FLF_CONFIG = WanConfig("flf2v", 36, 16, clip_branch=True, dim=256, ffn_dim=512, num_heads=2, num_layers=1,
                        text_dim=TINY_CONFIG.text_dim)
 WIDTH, HEIGHT, LENGTH = 96, 64, 9
 LATENT_SHAPE = [1, 16, 3, HEIGHT // 8, WIDTH // 8]
@@ -77,11 +83,19 @@ def comfyui(tmp_path_factory):
     write_official_folder(models / I2V_FOLDER.rstrip("/"), I2V_CONFIG, seed=5)
     write_components(models / I2V_FOLDER.rstrip("/"), I2V_CONFIG.text_dim)
     write_pair_folder(models / PAIR_FOLDER.rstrip("/"))
+    write_official_folder(models / FLF_FOLDER.rstrip("/"), FLF_CONFIG, seed=7)
+    write_components(models / FLF_FOLDER.rstrip("/"), FLF_CONFIG.text_dim)
+    clip = ClipVisionEncoder(ClipVisionConfig(dim=1280, mlp_dim=256, num_heads=16, num_layers=2))
+    random_weights_(clip, 8)
+    (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in clip.state_dict().items()},
+              str(base / "models" / "clip_vision" / CLIP_FILE))
     write_core_vae(base / "models" / "vae" / CORE_VAE)
     (models / "Empty-Folder").mkdir()  # a model folder without weights, for the error message
     (base / "input").mkdir(parents=True, exist_ok=True)
     pixels = (torch.rand(72, 120, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     Image.fromarray(pixels.numpy()).save(base / "input" / START_IMAGE)
+    Image.fromarray(pixels.flip(0).numpy()).save(base / "input" / END_IMAGE)
     with running_comfyui(base) as server:
         yield server, base
 
@@ -291,4 +305,36 @@ def test_a_loader_error_names_the_folder_as_the_user_knows_it(comfyui):
     assert error["exception_type"].endswith("MissingComponentError"), error
     assert error["exception_message"].startswith("models/wan_express/Empty-Folder: no DiT weights found"), error
     assert str(base) not in error["exception_message"], error
+
+
+def test_core_first_last_frame_conditioning_with_our_clip_features_drives_our_flf2v_model(comfyui):
+    """The pack's CLIP vision encode gives core CLIP_VISION_OUTPUTs; core's WanFirstLastFrameToVideo concatenates the
+    start and end tokens (514) and builds the 4-channel frame mask; core's KSampler and the pack sampler both run our
+    FLF2V model (CLIP branch + position embedding) on that conditioning and agree. The model runs in bf16: core
+    normalises the image latents with its own arithmetic (~1e-7 apart), which int8's per-token activation rounding
+    would magnify to ~1e-3 (measured 1.3e-3) and hide what this test checks, the conditioning."""
+    server, base = comfyui
+    graph = Graph()
+    loader = dit_loader(graph, FLF_FOLDER, "bf16")
+    positive, negative = text_conditioning(graph, FLF_FOLDER)
+    vae = core_vae(graph)
+    start, end = graph.add("LoadImage", image=START_IMAGE), graph.add("LoadImage", image=END_IMAGE)
+    clip = graph.add("WanExpressCLIPVisionLoader", model=CLIP_FILE)
+    start_tokens = graph.add("WanExpressCLIPVisionEncode", clip_vision=graph.out(clip), start_image=graph.out(start))
+    end_tokens = graph.add("WanExpressCLIPVisionEncode", clip_vision=graph.out(clip), start_image=graph.out(end))
+    flf = graph.add("WanFirstLastFrameToVideo", positive=positive, negative=negative, vae=vae, width=WIDTH,
+                    height=HEIGHT, length=LENGTH, batch_size=1, clip_vision_start_image=graph.out(start_tokens),
+                    clip_vision_end_image=graph.out(end_tokens), start_image=graph.out(start),
+                    end_image=graph.out(end))
+    ksampler = core_ksampler(graph, graph.out(loader), graph.out(flf, 0), graph.out(flf, 1), graph.out(flf, 2))
+    save_core = graph.add("SaveLatent", samples=graph.out(ksampler), filename_prefix="native/flf_core")
+    ours = pack_sampler(graph, graph.out(loader), graph.out(flf, 0), graph.out(flf, 1))
+    save_ours = graph.add("SaveLatent", samples=graph.out(ours), filename_prefix="native/flf_ours")
+
+    outputs, _ = run(server, graph)
+    core, mine = saved_latent(base, outputs, save_core), saved_latent(base, outputs, save_ours)
+    assert list(core.shape) == LATENT_SHAPE and torch.isfinite(core).all()
+    difference = relative_difference(core, mine)
+    print(f"flf2v: max|core - ours| / max|core| = {difference:.3g}")
+    assert difference < LATENT_TOLERANCE
 
