@@ -223,7 +223,7 @@ def folder_model_choices() -> list[str]:
                 continue
             try:
                 resolve(folder)
-                continue  # one model (or none usable): nothing to choose
+                continue  # one model: nothing to choose
             except ModelFormatError:
                 found = candidates(folder)
             except WanExpressError:
