@@ -10,6 +10,7 @@ from .component_nodes import (WanExpressCLIPVisionEncode, WanExpressCLIPVisionLo
 from .dit_loader_node import WanExpressDiTLoader
 from .lora_node import WanExpressLoRA
 from .sampler_node import WanExpressSampler
+from .tool_nodes import WanExpressConvert, WanExpressInspect
 
 NODE_CLASS_MAPPINGS = {
     "WanExpressDiTLoader": WanExpressDiTLoader,
@@ -21,6 +22,8 @@ NODE_CLASS_MAPPINGS = {
     "WanExpressVAELoader": WanExpressVAELoader,
     "WanExpressSampler": WanExpressSampler,
     "WanExpressVAEDecode": WanExpressVAEDecode,
+    "WanExpressInspect": WanExpressInspect,
+    "WanExpressConvert": WanExpressConvert,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,6 +36,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressVAELoader": "Wan Express VAE Loader",
     "WanExpressSampler": "Wan Express Sampler",
     "WanExpressVAEDecode": "Wan Express VAE Decode",
+    "WanExpressInspect": "Wan Express Inspect Model",
+    "WanExpressConvert": "Wan Express Convert / Export Model",
 }
 
 

@@ -19,6 +19,40 @@ NO_LORA = "(none)"
 LORA_EXPERTS = ("auto", *EXPERTS, BOTH)
 _EXPERT_CHOICE = {"auto": None, **{expert: expert for expert in (*EXPERTS, BOTH)}}
 LORA_SLOTS = ("lora", "lora_2")
+# The `file` choice for a folder that holds one model; "" is what workflows saved before `file` was a list.
+ONLY_MODEL = "(the only model)"
+_NO_FILE = (ONLY_MODEL, "")
+
+
+def model_input(what: str = "Model") -> tuple:
+    """The ``model`` input of the loader and tool nodes: model folders, single files and LightX2V configs."""
+    return (host.list_models("diffusion_models") + host.lightx2v_configs(),
+            {"tooltip": f"{what}: a folder of models/wan_express/ (ends with /), a file of "
+                        "models/diffusion_models/, or a LightX2V config (.json) of models/wan_express/."})
+
+
+def file_input() -> tuple:
+    """The optional ``file`` input: which model inside a folder holding several (a static list, so it gathers
+    the models of every such folder; the one picked must be in the chosen folder)."""
+    return ([ONLY_MODEL, *host.folder_model_choices()],
+            {"default": ONLY_MODEL, "tooltip": "Only for a folder of models/wan_express/ holding several models "
+             "(e.g. bf16 + fp8 + int8 side by side): the one to use. The list gathers every such folder's models; "
+             "pick one of the chosen folder. For a Wan2.2 A14B folder, high_noise_model/ or low_noise_model/ "
+             "takes one expert alone. (the only model) for everything else."})
+
+
+def chosen_file(file: str) -> str | None:
+    """The ``file`` widget as the library's ``file`` argument (None: the folder's only model)."""
+    return None if file.strip() in _NO_FILE else file.strip()
+
+
+def check_file(file: str | None) -> bool | str:
+    """Queue-time check of ``file``: one of the listed models, or "" as older workflows saved it (None: linked
+    from another node, known only when it runs)."""
+    if file is None or file.strip() in _NO_FILE or file in host.folder_model_choices():
+        return True
+    return (f"file {file!r} is not a model of any folder in models/wan_express/ holding several; pick one from "
+            f"the list, or {ONLY_MODEL}")
 
 
 def _lora_inputs(slot: str) -> dict:
@@ -26,7 +60,9 @@ def _lora_inputs(slot: str) -> dict:
         slot: ([NO_LORA] + host.list_files("loras"), {"default": NO_LORA, "tooltip": "A LoRA from models/loras/, "
                "merged into the weights at load (before fp8/int8 quantization, so the 4-step speed stays), e.g. "
                "LightX2V's *_lora_rank64_lightx2v_4step*.safetensors distill LoRA."}),
-        f"{slot}_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+        f"{slot}_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip":
+                               f"Multiplier of {slot}'s change (1 as trained, 0 turns it off, negative reverses "
+                               "it). Ignored while the LoRA is (none)."}),
         f"{slot}_expert": (list(LORA_EXPERTS), {"default": "auto", "tooltip": "Wan2.2 A14B: which expert takes "
                            "this LoRA. auto follows the file name (high_noise / low_noise), else both. Ignored "
                            "for single models, which take every LoRA."}),
@@ -54,17 +90,14 @@ class WanExpressDiTLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_models("diffusion_models") + host.lightx2v_configs(),
-                          {"tooltip": "Model folder (ends with /), file, or a LightX2V config (.json)."}),
+                "model": model_input(),
                 "quantization": (list(QUANTIZATION), {"default": "auto", "tooltip": "auto keeps what the file "
                                  "holds; fp8/int8 quantize float weights per channel at load; bf16 runs unquantized."}),
                 "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Precision of the float matmul weights; "
                                          "norms, modulation and the head always run in fp32."}),
             },
             "optional": {
-                "file": ("STRING", {"default": "", "tooltip": "Only for a folder holding several models (e.g. "
-                                    "bf16 + fp8 + int8 side by side): the file name to load. Empty picks the "
-                                    "only one."}),
+                "file": file_input(),
                 **_lora_inputs("lora"),
                 **_lora_inputs("lora_2"),
                 "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "PyTorch attention kernel: "
@@ -74,13 +107,19 @@ class WanExpressDiTLoader:
         }
 
     @classmethod
-    def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = "", attention: str = "auto",
+    def VALIDATE_INPUTS(cls, file: str = ONLY_MODEL):
+        """Checks ``file`` itself (core then skips its list check), so that workflows saved with "" still run."""
+        return check_file(file)
+
+    @classmethod
+    def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
                    **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
         the LoRAs it names, the chosen LoRAs), or an option does."""
         return repr((_plan(model, quantization, file, loras).stamp(), dtype, attention))
 
-    def load(self, model: str, quantization: str, dtype: str, file: str = "", attention: str = "auto", **loras):
+    def load(self, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
+             **loras):
         plan = _plan(model, quantization, file, loras)
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
         built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
@@ -96,5 +135,5 @@ def _plan(model: str, quantization: str, file: str, loras: dict) -> DitPlan:
     specs = [LoraSpec(host.resolve_file("loras", loras[slot]), loras.get(f"{slot}_strength", 1.0),
                       expert=_EXPERT_CHOICE[loras.get(f"{slot}_expert", "auto")])
              for slot in LORA_SLOTS if loras.get(slot, NO_LORA) != NO_LORA]
-    return plan_dit(host.resolve_model("diffusion_models", model), file.strip() or None, loras=specs,
+    return plan_dit(host.resolve_model("diffusion_models", model), chosen_file(file), loras=specs,
                     quantization=quantization)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
-from ..errors import MissingComponentError
+from ..errors import MissingComponentError, ModelFormatError, WanExpressError
+from ..loaders.dit.folders import candidates, pair_folders, resolve
 from ..models.latent_spaces import LATENT_SPACES
 
 # Folder-type models (official sharded folders, A14B parents) are listed from this key, single files from core's.
@@ -208,3 +209,59 @@ def torch_device():
     """ComfyUI's compute device, or CPU outside the host."""
     management = _management()
     return "cpu" if management is None else management.get_torch_device()
+
+
+def folder_model_choices() -> list[str]:
+    """Names for a loader's ``file`` input: the models of every ``models/wan_express`` folder that holds several
+    (files, and subfolders as ``name/``), and the expert subfolders of Wan2.2 A14B folders (one expert alone)."""
+    names: list[str] = []
+    for root in _roots():
+        for folder in sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")):
+            experts = pair_folders(folder)
+            if experts is not None:
+                names += [f"{expert.name}/" for expert in experts]
+                continue
+            try:
+                resolve(folder)
+                continue  # one model: nothing to choose
+            except ModelFormatError:
+                found = candidates(folder)
+            except WanExpressError:
+                continue  # nothing loadable; the loader's error says why when it is picked
+            if len(found) > 1:
+                names += [f"{path.name}/" if path.is_dir() else path.name for path in found]
+    return list(dict.fromkeys(names))
+
+
+def output_folder(key: str) -> Path:
+    """The folder ComfyUI names ``models/<key>`` (core's own, among the paths listed for ``key``), created if
+    missing; where the pack writes files of that kind (exports into ``diffusion_models``)."""
+    folder_paths = _folder_paths()
+    if folder_paths is None:
+        raise MissingComponentError(f"models/{key}: ComfyUI's model folders are not available outside ComfyUI")
+    paths = [Path(path) for path in folder_paths.get_folder_paths(key)]
+    if not paths:
+        raise MissingComponentError(f"ComfyUI lists no folder for models/{key}")
+    folder = next((path for path in paths if path.name == key), paths[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tensor_progress():
+    """A ``progress(done, total)`` for work done tensor by tensor (exports): drives ComfyUI's progress bar and
+    raises ComfyUI's interrupt exception when the user cancels. None outside the host."""
+    try:
+        import comfy.model_management
+        import comfy.utils
+    except ImportError:
+        return None
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return progress

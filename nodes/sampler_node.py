@@ -18,6 +18,19 @@ from .values import TEXT_LEN, image_of
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("distill", "unipc", "euler")
+DEFAULT_STEP_LIST = "1000,750,500,250"
+DEFAULT_STEPS = 40
+
+
+def ignored_widget(schedule: str, denoising_step_list: str, steps: int) -> str | None:
+    """The line saying which schedule widget this run ignores, when it was changed from its default (V1 nodes
+    cannot hide a widget, so a user may set the one that does nothing); None when there is nothing to say."""
+    if schedule == "distill" and steps != DEFAULT_STEPS:
+        return f"schedule distill ignores steps ({steps}); its steps are the denoising_step_list"
+    if schedule != "distill" and denoising_step_list.replace(" ", "") != DEFAULT_STEP_LIST:
+        return (f"schedule {schedule} ignores denoising_step_list ({denoising_step_list!r}); it runs the "
+                f"'steps' widget's {steps} steps")
+    return None
 
 
 # Keys core's conditioning nodes add that this sampler cannot honour (timestep ranges, areas, hooks, ControlNet).
@@ -98,6 +111,8 @@ class WanExpressSampler:
     CATEGORY = "Wan Express/sampling"
     DESCRIPTION = ("Sample a Wan video. schedule 'distill' is LightX2V's 4-step (or any step list) for distilled "
                    "models or distill LoRAs, cfg 1; 'unipc'/'euler' are the official multi-step samplers with CFG. "
+                   "Each schedule ignores the other's widget: 'distill' runs denoising_step_list and ignores steps; "
+                   "'unipc'/'euler' run steps and ignore denoising_step_list. "
                    "Connect start_image (+ vae) for I2V/TI2V, start and end images for FLF2V, and the CLIP vision "
                    "output for Wan2.1 I2V/FLF2V. A Wan2.2 A14B pair switches experts by itself. Output: a core "
                    "LATENT (raw VAE space).")
@@ -110,19 +125,30 @@ class WanExpressSampler:
             "required": {
                 "model": ("MODEL", {"tooltip": "A Wan model: from the Wan Express DiT loader (runs its FP8/INT8 "
                                    "kernels) or core's diffusion model loader; the high-noise expert of a pair."}),
-                "positive": ("CONDITIONING",),
+                "positive": ("CONDITIONING", {"tooltip": "The prompt: one umT5 encoding (Wan Express Text Encode "
+                                             "or core's CLIP Text Encode with a Wan umT5); core's WanImageToVideo "
+                                             "output carries the start image too."}),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Video width (I2V: the area width x height sets the size; the image "
                                              "sets the aspect)."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height."}),
                 "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
                                    "tooltip": "Frames, 1 + 4k (81 = 5 s at 16 fps)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-                "schedule": (list(SCHEDULES), {"default": "distill"}),
-                "denoising_step_list": ("STRING", {"default": "1000,750,500,250",
-                                                   "tooltip": "distill: the training timesteps to visit."}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "unipc / euler only."}),
-                "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 50.0, "step": 0.1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "The starting noise; the same seed and settings give the same video."}),
+                "schedule": (list(SCHEDULES), {"default": "distill", "tooltip": "distill: LightX2V's few-step "
+                             "schedule for distilled models / distill LoRAs (uses denoising_step_list, ignores "
+                             "steps). unipc / euler: the official multi-step samplers (use steps, ignore "
+                             "denoising_step_list)."}),
+                "denoising_step_list": ("STRING", {"default": DEFAULT_STEP_LIST, "tooltip": "schedule distill "
+                                        "only (ignored by unipc / euler): the training timesteps to visit, high to "
+                                        "low, e.g. 1000,750,500,250 for 4 steps."}),
+                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 200, "tooltip": "schedule unipc / "
+                                  "euler only (ignored by distill, whose steps are the denoising_step_list): how "
+                                  "many steps."}),
+                "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 50.0, "step": 0.1, "tooltip": "Flow "
+                                    "shift of the timesteps (5: the 4-step distill and Wan's default); higher "
+                                    "spends more of the steps at high noise."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "1 = no guidance (distilled models). Above 1 needs a negative."}),
                 "noise_source": (["cpu", "lightx2v"], {"default": "cpu", "tooltip": "cpu: the same video on any "
@@ -133,11 +159,16 @@ class WanExpressSampler:
             "optional": {
                 "model_low": ("MODEL", {"tooltip": "Wan2.2 A14B: the low-noise expert; the sampler switches to it "
                                        "at the model's boundary (4-step distill: after step 2)."}),
-                "negative": ("CONDITIONING",),
-                "vae": ("WANEXPRESS_VAE",),
-                "start_image": ("IMAGE",),
-                "end_image": ("IMAGE",),
-                "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+                "negative": ("CONDITIONING", {"tooltip": "The negative prompt, used when cfg is above 1."}),
+                "vae": ("WANEXPRESS_VAE", {"tooltip": "The Wan Express VAE, to encode start_image / end_image "
+                                          "(not needed for text-to-video)."}),
+                "start_image": ("IMAGE", {"tooltip": "I2V / TI2V: the first frame (needs vae; Wan2.1 I2V also "
+                                          "clip_vision_output)."}),
+                "end_image": ("IMAGE", {"tooltip": "FLF2V: the last frame, with start_image (Wan2.1 FLF2V: CLIP "
+                                        "vision of both)."}),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "Wan2.1 I2V / FLF2V: the CLIP vision "
+                                       "encoding of the image(s); ignored by Wan2.2 models, which have no CLIP "
+                                       "branch."}),
                 "latent": ("LATENT", {"tooltip": "Start from this latent (video-to-video, extension): with denoise "
                                      "below 1 it is noised to the level of the first step run; its size replaces "
                                      "width / height / length. A TI2V latent with a noise_mask keeps frame 0."}),
@@ -181,6 +212,8 @@ class WanExpressSampler:
                 host.bring(vae)
             conditioning = self._conditioning(config, vae, context_of(positive, "positive"), negative_context,
                                               clip_fea, start_image, end_image, width, height, length, latent)
+        if (ignored := ignored_widget(schedule, denoising_step_list, steps)) is not None:
+            log.info(ignored)
         if schedule == "distill":
             plan = DistillSchedule(parse_step_list(denoising_step_list), shift=shift, cfg=cfg)
         else:
