@@ -79,7 +79,7 @@ def _progress_bar():
 
 
 def _vae_dtype(choice: str) -> torch.dtype:
-    """"auto": bf16 where ComfyUI computes on a GPU, fp32 on a CPU (bf16 convolutions are slow and coarse there)."""
+    """The VAE dtype of a choice; auto: bf16 where ComfyUI computes on a GPU, fp32 on a CPU (bf16 is slow there)."""
     if choice == "auto":
         return torch.float32 if torch.device(host.torch_device()).type == "cpu" else torch.bfloat16
     return DTYPES[choice]
