@@ -138,3 +138,35 @@ def write_model_folder(folder: Path, config: WanConfig = TINY_CONFIG, *, seed: i
     components (`write_components`)."""
     write_official_folder(folder, config, seed=seed)
     return write_components(folder, config.text_dim, seed=seed)
+
+
+# Official umT5 name -> the Hugging Face T5 name ComfyUI's umt5_xxl files use, for `write_comfy_text_encoder`.
+_COMFY_UMT5_BLOCK_NAMES = {
+    "norm1": "0.layer_norm", "norm2": "1.layer_norm",
+    "pos_embedding.embedding": "0.SelfAttention.relative_attention_bias", "attn.q": "0.SelfAttention.q", "attn.k": "0.SelfAttention.k", "attn.v": "0.SelfAttention.v",
+    "attn.o": "0.SelfAttention.o", "ffn.gate.0": "1.DenseReluDense.wi_0", "ffn.fc1": "1.DenseReluDense.wi_1",
+    "ffn.fc2": "1.DenseReluDense.wo",
+}
+
+
+def comfy_umt5_key(key: str) -> str:
+    """An official umT5 key (``blocks.3.attn.q.weight``) as ComfyUI names it (``encoder.block.3.layer.0.SelfAttention
+    .q.weight``); ``token_embedding`` is ``shared``, the final ``norm`` is ``encoder.final_layer_norm``."""
+    if key == "token_embedding.weight":
+        return "shared.weight"
+    if key == "norm.weight":
+        return "encoder.final_layer_norm.weight"
+    _, index, rest = key.split(".", 2)
+    layer, _, part = rest.rpartition(".")
+    return f"encoder.block.{index}.layer.{_COMFY_UMT5_BLOCK_NAMES[layer]}.{part}"
+
+
+def write_comfy_text_encoder(path: Path, weights: dict[str, torch.Tensor], spiece_model: bytes,
+                             dtype: torch.dtype = torch.float16) -> Path:
+    """umT5 ``weights`` (official names) laid out as ComfyUI's ``umt5_xxl_fp16.safetensors``: Hugging Face T5 names
+    in ``dtype``, and the SentencePiece model's bytes embedded as the uint8 tensor ``spiece_model``."""
+    tensors = {comfy_umt5_key(key): tensor.to(dtype).contiguous() for key, tensor in weights.items()}
+    tensors["spiece_model"] = torch.frombuffer(bytearray(spiece_model), dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -3,7 +3,8 @@
 Entry point: `load_text_encoder(path, tokenizer=None) -> TextEncoder` (``.encode(prompts)``). Keys are mapped to
 official names (spec formats.md §8.1, the umT5's rename); quantized files go through the pipeline the DiT uses
 (`.quantization`): its block Linears keep their codes and run through `QuantOps`, other quantized tensors are
-dequantized.
+dequantized. The tokenizer is the official ``google/umt5-xxl/tokenizer.json`` (`UMT5Tokenizer`) or the
+SentencePiece model ComfyUI embeds in its umT5 files (`SentencePieceTokenizer`); both tokenize the same way.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ HF_TO_OFFICIAL = (
     (r"^encoder\.final_layer_norm\.", "norm."),
 )
 _HF_RULES = tuple((re.compile(pattern), replacement) for pattern, replacement in HF_TO_OFFICIAL)
-# Stored tensors that are no part of the encoder: ComfyUI's embedded SentencePiece model.
-NOT_ENCODER_KEYS = ("spiece_model",)
+# ComfyUI's umT5 files embed umT5's SentencePiece model under this key: the model file's bytes as a uint8 tensor.
+SPIECE_KEY = "spiece_model"
+# Stored tensors that are no part of the encoder.
+NOT_ENCODER_KEYS = (SPIECE_KEY,)
 # HF files may repeat ``shared`` as this alias; it is read only where ``shared`` is absent.
 EMBEDDING_ALIAS = "encoder.embed_tokens.weight"
 # The umT5's quantization targets: every block Linear, the only layers that run quantized (the token embedding
@@ -97,6 +100,45 @@ class UMT5Tokenizer:
         encodings = self.tokenizer.encode_batch([clean_prompt(text) for text in prompts], add_special_tokens=True)
         ids = torch.tensor([encoding.ids for encoding in encodings], dtype=torch.long)
         mask = torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.long)
+        return ids, mask
+
+
+class SentencePieceTokenizer:
+    """The official tokenization on a SentencePiece model (umT5's, as ComfyUI embeds it): clean, add ``</s>``,
+    truncate to ``length`` keeping ``</s>`` last, zero-pad. Same ids and mask contract as `UMT5Tokenizer`.
+
+    Args:
+        model: the SentencePiece model's serialized bytes (ComfyUI: ``spiece_model`` tensor -> bytes).
+        length: padded length (512 in Wan).
+        source: named in errors (the file the model came from).
+    """
+
+    def __init__(self, model: bytes, length: int = TEXT_LEN, source: str = "SentencePiece model"):
+        try:  # imported here so the pack imports without it until such a file is loaded
+            import sentencepiece
+        except ImportError:
+            raise WanExpressError(f"{source}: its embedded tokenizer needs the sentencepiece package: pip install "
+                                  "-r requirements.txt (or pip install sentencepiece) in ComfyUI's Python") from None
+        self.processor = sentencepiece.SentencePieceProcessor()
+        try:
+            self.processor.LoadFromSerializedProto(model)
+        except Exception as error:  # sentencepiece raises RuntimeError or OSError for bad bytes
+            raise ModelFormatError(f"{source}: the embedded {SPIECE_KEY} is not a SentencePiece model "
+                                   f"({error})") from None
+        self.pad_id, self.end_id = self.processor.pad_id(), self.processor.eos_id()
+        if self.pad_id < 0 or self.end_id < 0:
+            raise ModelFormatError(f"{source}: the embedded SentencePiece model has no pad or end token; is it the "
+                                   "umT5 tokenizer?")
+        self.length = length
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> ids [B, length] int64, mask [B, length] int64 (1 on real tokens, ``</s>`` included)."""
+        ids = torch.full((len(prompts), self.length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), self.length, dtype=torch.long)
+        for row, text in enumerate(prompts):
+            tokens = self.processor.encode(clean_prompt(text))[:self.length - 1] + [self.end_id]
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            mask[row, :len(tokens)] = 1
         return ids, mask
 
 
@@ -159,8 +201,8 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
 
     Args:
         path: the encoder weights.
-        tokenizer: folder holding ``tokenizer.json``; default ``google/umt5-xxl/`` next to ``path`` (where the
-            official folder has it; ComfyUI's text-encoder files carry no tokenizer.json, so pass it for those).
+        tokenizer: folder holding ``tokenizer.json``; default: the SentencePiece model inside the file (ComfyUI's
+            ``umt5_xxl_*`` files), else ``google/umt5-xxl/`` next to ``path`` (where the official folder has it).
         dtype: weights and activations (official: bf16; fp32 for exact CPU runs).
         device: where the encoder runs ("cpu" works, slowly for the full model).
         quantization: "auto" runs the weights as stored (FP8 files stay FP8); "fp8" brings every block Linear to
@@ -171,15 +213,26 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
         `TextEncoder`: ``encode(list[str]) -> list[Tensor [L_i, 4096]]``.
     """
     path = Path(path)
-    tokenizer_folder = Path(tokenizer) if tokenizer is not None else path.parent / TOKENIZER_DIR
-    if tokenizer_folder.is_file() and tokenizer_folder.name == TOKENIZER_FILE:
-        tokenizer_folder = tokenizer_folder.parent
-    text_tokenizer = UMT5Tokenizer(tokenizer_folder)
-    tensors, layers = canonical_text_encoder(read_text_encoder_file(path), quantization=quantization,
-                                             device=device, source=str(path))
+    stored = read_text_encoder_file(path)
+    text_tokenizer = _tokenizer_of(path, stored, tokenizer)
+    tensors, layers = canonical_text_encoder(stored, quantization=quantization, device=device, source=str(path))
     model = UMT5Encoder.from_state_dict(tensors, dtype=dtype, device=device, ops=QuantOps(layers), source=str(path))
     config = model.config
     log.info("umT5 encoder from %s: dim %d, %d blocks, %s on %s%s", path.name, config.dim, config.num_layers,
              str(dtype).removeprefix("torch."), device,
              f", {len(layers)} quantized Linears ({next(iter(layers.values())).codes})" if layers else "")
     return TextEncoder(model, text_tokenizer)
+
+
+def _tokenizer_of(path: Path, stored: TensorView, tokenizer: str | Path | None):
+    """An explicit tokenizer folder, else the file's embedded SentencePiece model, else google/umt5-xxl/ beside it."""
+    if tokenizer is None and SPIECE_KEY in stored:
+        return SentencePieceTokenizer(stored[SPIECE_KEY].numpy().tobytes(), source=str(path))
+    folder = Path(tokenizer) if tokenizer is not None else path.parent / TOKENIZER_DIR
+    if folder.is_file() and folder.name == TOKENIZER_FILE:
+        folder = folder.parent
+    if tokenizer is None and not (folder / TOKENIZER_FILE).is_file():
+        raise MissingComponentError(f"{path}: no umT5 tokenizer: the file embeds none ({SPIECE_KEY}, which "
+                                    f"ComfyUI's umt5_xxl files carry) and {folder} holds no {TOKENIZER_FILE}; pass "
+                                    f"the folder holding {TOKENIZER_DIR}/{TOKENIZER_FILE}")
+    return UMT5Tokenizer(folder)

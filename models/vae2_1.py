@@ -1,7 +1,8 @@
 """The Wan2.1 VAE (z 16, stride 4×8×8) and the chunked, cached, optionally tiled runner both Wan VAEs share.
 
 `WanVAE` holds what the two versions have in common: frame-count rules, the chunk loops of spec networks.md
-§4.4, latent normalisation and spatially tiled decoding. `WanVAE21` adds the Wan2.1 encoder and decoder.
+§4.4, latent normalisation and spatially tiled decoding. `WanVAE21` adds the Wan2.1 encoder and decoder. Encode and
+decode report progress after every chunk and ask an interrupt check before each (`ChunkSteps`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SamplingInterrupted
 from .vae_layers import AttentionBlock, CausalConv3d, FrameCache, Resample, ResidualBlock, RMSNorm, run_sequence
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,31 @@ class VaeConfig:
     dim: int
     dec_dim: int
     z_dim: int
+
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` after every chunk (every chunk of every tile when tiled); ``done`` counts from 1."""
+
+InterruptCheck = Callable[[], bool]
+"""Asked before every chunk: raising stops the run (ComfyUI's check raises its own interrupt exception); returning
+True stops it with `SamplingInterrupted`, as in the sampler."""
+
+
+class ChunkSteps:
+    """The chunk counter of one encode or decode: `before` asks the interrupt check, `after` reports progress."""
+
+    def __init__(self, what: str, total: int, progress: Progress | None, interrupt: InterruptCheck | None):
+        self.what, self.total, self.done = what, total, 0
+        self.progress, self.interrupt = progress, interrupt
+
+    def before(self) -> None:
+        if self.interrupt is not None and self.interrupt():
+            raise SamplingInterrupted(f"VAE {self.what} interrupted before chunk {self.done + 1}/{self.total}")
+
+    def after(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 WAN21_VAE = VaeConfig("2.1", dim=96, dec_dim=96, z_dim=16)
@@ -108,20 +135,25 @@ class WanVAE(nn.Module):
         return pixels
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, *, progress: Progress | None = None,
+               interrupt: InterruptCheck | None = None) -> torch.Tensor:
         """video: [B, 3, 1+4k, H, W] in [-1, 1], H and W multiples of the stride -> latent [B, z, 1+k, H/s, W/s] fp32.
 
-        The encoder sees frame 0 alone, then groups of 4, sharing a frame cache (spec §4.4).
+        The encoder sees frame 0 alone, then groups of 4, sharing a frame cache (spec §4.4): 1+k chunks, each
+        reported to ``progress`` and preceded by ``interrupt``. The callbacks never change the result.
         """
         self._check_video(video)
         weight = self.conv1.weight
         x = self.to_network(video.to(device=weight.device, dtype=weight.dtype))
         cache = FrameCache()
         bounds = [(0, 1)] + [(1 + 4 * i, 5 + 4 * i) for i in range((x.shape[2] - 1) // 4)]
+        steps = ChunkSteps("encode", len(bounds), progress, interrupt)
         pieces = []
         for index, (first, last) in enumerate(bounds):
+            steps.before()
             cache.chunk_index = index
             pieces.append(self.encoder(x[:, :, first:last], cache))
+            steps.after()
         mu = self.conv1(torch.cat(pieces, dim=2))[:, :self.z_dim].float()
         if self.latent_format == "comfy":
             return mu
@@ -130,7 +162,8 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, *, tiled: bool | None = None, tile: int | tuple[int, int] | None = None,
-               overlap: int | None = None) -> torch.Tensor:
+               overlap: int | None = None, progress: Progress | None = None,
+               interrupt: InterruptCheck | None = None) -> torch.Tensor:
         """latent: [B, z, n, h, w] -> video [B, 3, 1+4(n-1), h·s, w·s] fp32 in [-1, 1].
 
         Args:
@@ -139,6 +172,8 @@ class WanVAE(nn.Module):
                 `AUTO_TILE_PIXELS`.
             tile: tile side(s) in latent positions (default `default_tile`, 512 pixels).
             overlap: latent positions shared by neighbouring tiles (default `default_overlap`, 64 pixels).
+            progress: called after every chunk (one latent frame; of every tile when tiled) with (done, total).
+            interrupt: asked before every chunk (see `InterruptCheck`). The callbacks never change the result.
         """
         self._check_latent(latent)
         mu = latent.float()
@@ -148,19 +183,19 @@ class WanVAE(nn.Module):
         if tiled is None:
             tiled = self.tiles_by_default(latent.shape)
         if not tiled:
-            return self._decode_whole(mu).clamp_(-1, 1)
+            return self._decode_whole(mu, ChunkSteps("decode", mu.shape[2], progress, interrupt)).clamp_(-1, 1)
         tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile or (self.default_tile,) * 2)
         overlap = self.default_overlap if overlap is None else overlap
         if min(tile_hw) < 1 or not 0 <= overlap < min(tile_hw):
             raise InvalidInputError(f"tiled decode needs tile >= 1 and 0 <= overlap < tile, got tile {tile_hw} "
                                     f"and overlap {overlap} (latent positions)")
-        return self._decode_tiled(mu, tile_hw, overlap).clamp_(-1, 1)
+        return self._decode_tiled(mu, tile_hw, overlap, progress, interrupt).clamp_(-1, 1)
 
     def tiles_by_default(self, latent_shape) -> bool:
         """Whether ``decode(tiled=None)`` tiles a latent [B, z, n, h, w]: frames above `AUTO_TILE_PIXELS`."""
         return latent_shape[-2] * self.stride[1] * latent_shape[-1] * self.stride[2] > AUTO_TILE_PIXELS
 
-    def _decode_whole(self, mu: torch.Tensor) -> torch.Tensor:
+    def _decode_whole(self, mu: torch.Tensor, steps: ChunkSteps) -> torch.Tensor:
         """Raw latent [B, z, n, h, w] -> unclamped video [B, 3, 1+4(n-1), H, W] fp32, one latent frame per chunk."""
         weight = self.conv2.weight
         x = self.conv2(mu.to(device=weight.device, dtype=weight.dtype))
@@ -168,16 +203,20 @@ class WanVAE(nn.Module):
         video = torch.empty(b, 3, 1 + 4 * (n - 1), h * self.stride[1], w * self.stride[2], device=weight.device)
         cache, start = FrameCache(), 0
         for index in range(n):
+            steps.before()
             cache.chunk_index = index
             frames = self.from_network(self.decoder(x[:, :, index:index + 1], cache))
             video[:, :, start:start + frames.shape[2]] = frames
             start += frames.shape[2]
+            steps.after()
         return video
 
-    def _decode_tiled(self, mu: torch.Tensor, tile: tuple[int, int], overlap: int) -> torch.Tensor:
+    def _decode_tiled(self, mu: torch.Tensor, tile: tuple[int, int], overlap: int, progress: Progress | None,
+                      interrupt: InterruptCheck | None) -> torch.Tensor:
         _, _, n, h, w = mu.shape
         _, sh, sw = self.stride
         rows, cols = tile_starts(h, tile[0], overlap), tile_starts(w, tile[1], overlap)
+        steps = ChunkSteps("decode", len(rows) * len(cols) * n, progress, interrupt)
         device = self.conv2.weight.device
         video = torch.zeros(mu.shape[0], 3, 1 + 4 * (n - 1), h * sh, w * sw, device=device)
         total_weight = torch.zeros(h * sh, w * sw, device=device)
@@ -188,7 +227,7 @@ class WanVAE(nn.Module):
                 weights = torch.outer(blend_ramp(top * sh, rows_px, h * sh, overlap * sh),
                                       blend_ramp(left * sw, cols_px, w * sw, overlap * sw)).to(device)
                 region = (slice(top * sh, top * sh + rows_px), slice(left * sw, left * sw + cols_px))
-                video[:, :, :, region[0], region[1]] += self._decode_whole(crop).mul_(weights)
+                video[:, :, :, region[0], region[1]] += self._decode_whole(crop, steps).mul_(weights)
                 total_weight[region] += weights
         log.debug("tiled decode: %d x %d tiles of %s latents, overlap %d", len(rows), len(cols), tile, overlap)
         return video.div_(total_weight)

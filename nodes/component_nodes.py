@@ -1,7 +1,8 @@
-"""Nodes for the non-DiT parts: umT5 text encoder (load, encode), CLIP vision (load, encode), Wan VAE (load, decode).
+"""Nodes for the non-DiT parts: umT5 text encoder (load, encode), CLIP vision (load, encode), Wan VAE (load,
+encode, decode).
 
 Text embeddings leave as core ``CONDITIONING`` and latents travel as core ``LATENT`` (raw VAE space), so these
-nodes mix with ComfyUI's own.
+nodes mix with ComfyUI's own. VAE runs drive ComfyUI's progress bar chunk by chunk and stop when the user cancels.
 """
 
 from __future__ import annotations
@@ -11,16 +12,77 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import MissingComponentError
 from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
-from ..models.latent_spaces import to_normalized
+from ..loaders.components import TOKENIZER_DIR, TOKENIZER_FILE
+from ..models.latent_spaces import to_normalized, to_raw
 from . import host
 from .values import DTYPES, TEXT_LEN, image_of
 
+# The tokenizer choice that means: the one embedded in a ComfyUI umT5 file (``spiece_model``), or the official
+# folder's google/umt5-xxl/.
+TOKENIZER_DEFAULT = "(from the file or model folder)"
+TILE_MODES = ("auto", "on", "off")
 
 
 def _component(choice_path: Path, field: str) -> Path:
     """A model folder's component (found by official file name), or the chosen file itself."""
     return find_components(choice_path).require(field) if choice_path.is_dir() else choice_path
+
+
+def _tokenizer_roots() -> list[Path]:
+    """models/text_encoders/ and models/wan_express/ folders, where tokenizer folders are looked for."""
+    folder_paths = host._folder_paths()
+    if folder_paths is None:
+        return []
+    roots = [Path(root) for key in ("text_encoders", host.FOLDER_KEY) for root in folder_paths.get_folder_paths(key)]
+    return [root for root in roots if root.is_dir()]
+
+
+def tokenizer_folders() -> list[str]:
+    """Folders directly under a tokenizer root holding google/umt5-xxl/tokenizer.json (``name/``); a root holding
+    google/umt5-xxl/ itself is listed as ``google/umt5-xxl/``."""
+    found = []
+    for root in _tokenizer_roots():
+        if (root / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+            found.append(f"{TOKENIZER_DIR}/")
+        found += [f"{child.name}/" for child in sorted(root.iterdir())
+                  if child.is_dir() and (child / TOKENIZER_DIR / TOKENIZER_FILE).is_file()]
+    return list(dict.fromkeys(found))
+
+
+def _resolve_tokenizer(choice: str) -> Path:
+    """The folder holding tokenizer.json for a `tokenizer_folders` choice."""
+    for root in _tokenizer_roots():
+        for folder in (root / choice, root / choice / TOKENIZER_DIR):
+            if (folder / TOKENIZER_FILE).is_file():
+                return folder
+    raise MissingComponentError(f"tokenizer folder {choice!r} not found (looked for {TOKENIZER_DIR}/{TOKENIZER_FILE} "
+                                f"in it under models/text_encoders and models/{host.FOLDER_KEY})")
+
+
+def _progress_bar():
+    """A ``(done, total)`` callback driving ComfyUI's progress bar of the running node; None outside ComfyUI."""
+    try:
+        import comfy.utils
+    except ImportError:
+        return None
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return update
+
+
+def _vae_dtype(choice: str) -> torch.dtype:
+    """The VAE dtype of a choice; auto: bf16 where ComfyUI computes on a GPU, fp32 on a CPU (bf16 is slow there)."""
+    if choice == "auto":
+        return torch.float32 if torch.device(host.torch_device()).type == "cpu" else torch.bfloat16
+    return DTYPES[choice]
 
 
 class WanExpressTextEncoderLoader:
@@ -29,7 +91,8 @@ class WanExpressTextEncoderLoader:
     CATEGORY = "Wan Express/loaders"
     DESCRIPTION = ("Load the umT5-XXL text encoder: pick an official model folder from models/wan_express/ (its "
                    "models_t5_umt5-xxl-enc-bf16.pth and google/umt5-xxl/ tokenizer are found by name), or a file "
-                   "from models/text_encoders/ together with a folder that holds google/umt5-xxl/tokenizer.json.")
+                   "from models/text_encoders/: ComfyUI's umt5_xxl files carry their tokenizer inside; for other "
+                   "files pick a tokenizer_folder that holds google/umt5-xxl/tokenizer.json.")
     RETURN_TYPES = ("WANEXPRESS_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
     FUNCTION = "load"
@@ -38,28 +101,31 @@ class WanExpressTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_models("text_encoders"), {"tooltip": "Model folder (ends with /) or file."}),
+                "model": (host.list_models("text_encoders"), {
+                    "tooltip": "An official model folder from models/wan_express/ (ends with /) or a umT5 file "
+                               "from models/text_encoders/ (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors)."}),
                 "quantization": (["auto", "fp8"], {"default": "auto", "tooltip": "fp8 quantizes the encoder's "
                                                    "linears per channel at load (half the memory)."}),
                 "device": (["gpu", "cpu"], {"default": "gpu", "tooltip": "cpu keeps the 11 GB encoder off the GPU "
                                             "(slower prompts, more VRAM for the video model)."}),
             },
             "optional": {
-                "tokenizer_folder": (["(from the model folder)"] + host.model_folders(), {
-                    "tooltip": "For a text_encoders file: a model folder holding google/umt5-xxl/tokenizer.json."}),
+                "tokenizer_folder": ([TOKENIZER_DEFAULT] + tokenizer_folders(), {
+                    "default": TOKENIZER_DEFAULT,
+                    "tooltip": f"{TOKENIZER_DEFAULT}: the tokenizer inside a ComfyUI umT5 file, or the model "
+                               "folder's google/umt5-xxl/. Otherwise a folder under models/text_encoders/ or "
+                               "models/wan_express/ holding google/umt5-xxl/tokenizer.json, for a file that carries "
+                               "no tokenizer."}),
             },
         }
 
-    def load(self, model: str, quantization: str, device: str, tokenizer_folder: str = "(from the model folder)"):
+    def load(self, model: str, quantization: str, device: str, tokenizer_folder: str = TOKENIZER_DEFAULT):
         path = host.resolve_model("text_encoders", model)
         if path.is_dir():
             parts = find_components(path)
             path, tokenizer = parts.require("text_encoder"), parts.require("tokenizer")
-        else:
-            tokenizer = None
-            if tokenizer_folder.endswith("/"):
-                tokenizer = find_components(host.resolve_model("text_encoders", tokenizer_folder)).require(
-                    "tokenizer")
+        else:  # None: the file's own spiece_model, else google/umt5-xxl/ beside it
+            tokenizer = None if tokenizer_folder == TOKENIZER_DEFAULT else _resolve_tokenizer(tokenizer_folder)
         encoder = load_text_encoder(path, tokenizer, device="cpu", quantization=quantization)
         if device == "gpu":  # waits in CPU memory; ComfyUI's memory manager brings it in for each encode
             host.managed(encoder.model, "text_encoder")
@@ -78,8 +144,8 @@ class WanExpressTextEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("WANEXPRESS_TEXT_ENCODER",),
-            "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt."}),
+            "text_encoder": ("WANEXPRESS_TEXT_ENCODER", {"tooltip": "From the Wan Express Text Encoder Loader."}),
+            "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt (at most 512 tokens)."}),
         }}
 
     def encode(self, text_encoder, text: str):
@@ -112,7 +178,9 @@ class WanExpressCLIPVisionLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (host.list_models("clip_vision"), {"tooltip": "Model folder (ends with /) or file."}),
+            "model": (host.list_models("clip_vision"), {
+                "tooltip": "An official Wan2.1 I2V/FLF2V folder from models/wan_express/ (ends with /) or "
+                           "clip_vision_h.safetensors from models/clip_vision/."}),
         }}
 
     def load(self, model: str):
@@ -132,8 +200,13 @@ class WanExpressCLIPVisionEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"clip_vision": ("WANEXPRESS_CLIP_VISION",), "start_image": ("IMAGE",)},
-                "optional": {"end_image": ("IMAGE",)}}
+        return {"required": {
+                    "clip_vision": ("WANEXPRESS_CLIP_VISION", {"tooltip": "From the Wan Express CLIP Vision Loader."}),
+                    "start_image": ("IMAGE", {"tooltip": "The first frame of the video (its first image is used)."}),
+                },
+                "optional": {
+                    "end_image": ("IMAGE", {"tooltip": "FLF2V only: the last frame (its last image is used)."}),
+                }}
 
     def encode(self, clip_vision, start_image: torch.Tensor, end_image: torch.Tensor | None = None):
         host.bring(clip_vision)
@@ -155,30 +228,77 @@ class WanExpressVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (host.list_models("vae"), {"tooltip": "Model folder (ends with /) or file."}),
-            "dtype": (list(DTYPES), {"default": "bf16"}),
+            "model": (host.list_models("vae"), {
+                "tooltip": "An official folder from models/wan_express/ (ends with /) or a VAE file from "
+                           "models/vae/: Wan2.1 VAE for every model but TI2V-5B, which needs the Wan2.2 VAE."}),
+            "dtype": (["auto", *DTYPES], {
+                "default": "auto",
+                "tooltip": "auto: bf16 on a GPU, fp32 when ComfyUI runs on the CPU. fp32 is exact and twice the "
+                           "memory."}),
         }}
 
     def load(self, model: str, dtype: str):
         path = _component(host.resolve_model("vae", model), "vae")
-        return (host.managed(load_vae(path, dtype=DTYPES[dtype]), "vae"),)
+        return (host.managed(load_vae(path, dtype=_vae_dtype(dtype)), "vae"),)
+
+
+class WanExpressVAEEncode:
+    """Encodes frames (core IMAGE) to a Wan LATENT in raw VAE space, as core's VAE Encode does."""
+
+    CATEGORY = "Wan Express/latent"
+    DESCRIPTION = ("Encode video frames to a Wan latent (causal, chunked): 1 + 4k frames (1, 5, 9, ..., 81), sides "
+                   "multiples of 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE). The LATENT works with core nodes too.")
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("WANEXPRESS_VAE", {"tooltip": "From the Wan Express VAE Loader."}),
+            "images": ("IMAGE", {"tooltip": "The frames in order, as one batch: 1 + 4k of them (1, 5, 9, ... 81)."}),
+        }}
+
+    def encode(self, vae, images: torch.Tensor):
+        host.bring(vae)
+        video = images[..., :3].permute(3, 0, 1, 2)[None].float() * 2 - 1  # [1, 3, N, H, W] in [-1, 1]
+        latent = vae.encode(video, progress=_progress_bar(), interrupt=host.interrupt_check())
+        return ({"samples": to_raw(latent).cpu()},)
 
 
 class WanExpressVAEDecode:
-    """Decodes a Wan LATENT (raw VAE space, as core's) to frames, tiled above 832x480."""
+    """Decodes a Wan LATENT (raw VAE space, as core's) to frames, tiled above 832x480 unless told otherwise."""
 
     CATEGORY = "Wan Express/latent"
-    DESCRIPTION = "Decode a Wan latent to video frames (causal, chunked; tiled with blended seams at large sizes)."
+    DESCRIPTION = ("Decode a Wan latent to video frames (causal, chunked; tiled with blended seams at large sizes, "
+                   "which bounds the memory a 720p decode needs).")
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
     FUNCTION = "decode"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae": ("WANEXPRESS_VAE",), "samples": ("LATENT",)}}
+        return {
+            "required": {
+                "vae": ("WANEXPRESS_VAE", {"tooltip": "From the Wan Express VAE Loader."}),
+                "samples": ("LATENT", {"tooltip": "A Wan latent (from a sampler or a VAE Encode)."}),
+            },
+            "optional": {
+                "tiled": (list(TILE_MODES), {
+                    "default": "auto",
+                    "tooltip": "Decode in overlapping tiles: less memory, faint seams possible. auto tiles frames "
+                               "larger than 832x480."}),
+                "tile": ("INT", {
+                    "default": 512, "min": 128, "max": 4096, "step": 32,
+                    "tooltip": "Tile side in pixels when tiled (neighbouring tiles share 64 pixels). Smaller tiles "
+                               "need less memory."}),
+            },
+        }
 
-    def decode(self, vae, samples: dict):
+    def decode(self, vae, samples: dict, tiled: str = "auto", tile: int = 512):
         host.bring(vae)
-        video = vae.decode(to_normalized(samples["samples"]))  # [B, 3, F, H, W] in [-1, 1]
+        video = vae.decode(to_normalized(samples["samples"]), tiled={"auto": None, "on": True, "off": False}[tiled],
+                           tile=max(1, tile // vae.stride[1]), progress=_progress_bar(),
+                           interrupt=host.interrupt_check())  # [B, 3, F, H, W] in [-1, 1]
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # [B*F, H, W, 3]
         return (((frames + 1) / 2).clamp(0, 1).float().cpu(),)

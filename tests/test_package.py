@@ -30,6 +30,9 @@ def test_node_mappings_are_v1_classes_with_valid_attributes():
         assert cls.CATEGORY.startswith("Wan Express")
 
 
-def test_demo_runs_from_the_command_line():
-    result = subprocess.run([sys.executable, "-m", "wan_express", "demo"], capture_output=True, text=True, check=True)
+def test_demo_runs_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "wan_express", "demo", "--out", str(tmp_path)],
+                            capture_output=True, text=True, check=True)
     assert "video (1, 3, 9, 64, 96)" in result.stdout
+    written = [path for path in tmp_path.iterdir() if path.name in ("demo.mp4", "demo.webp")]
+    assert len(written) == 1 and f"wrote {written[0]}" in result.stdout
