@@ -6,7 +6,8 @@ from ..errors import WanExpressError
 from . import host
 
 from .component_nodes import (WanExpressCLIPVisionEncode, WanExpressCLIPVisionLoader, WanExpressTextEncode,
-                              WanExpressTextEncoderLoader, WanExpressVAEDecode, WanExpressVAELoader)
+                              WanExpressTextEncoderLoader, WanExpressVAEDecode, WanExpressVAEEncode,
+                              WanExpressVAELoader)
 from .dit_loader_node import WanExpressDiTLoader
 from .lora_node import WanExpressLoRA
 from .sampler_node import WanExpressSampler
@@ -22,6 +23,7 @@ NODE_CLASS_MAPPINGS = {
     "WanExpressVAELoader": WanExpressVAELoader,
     "WanExpressSampler": WanExpressSampler,
     "WanExpressVAEDecode": WanExpressVAEDecode,
+    "WanExpressVAEEncode": WanExpressVAEEncode,
     "WanExpressInspect": WanExpressInspect,
     "WanExpressConvert": WanExpressConvert,
 }
@@ -36,6 +38,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressVAELoader": "Wan Express VAE Loader",
     "WanExpressSampler": "Wan Express Sampler",
     "WanExpressVAEDecode": "Wan Express VAE Decode",
+    "WanExpressVAEEncode": "Wan Express VAE Encode",
     "WanExpressInspect": "Wan Express Inspect Model",
     "WanExpressConvert": "Wan Express Convert / Export Model",
 }
