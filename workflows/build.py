@@ -66,10 +66,9 @@ def file_row(name: str) -> tuple[str, str, str]:
 
 def note(title: str, about: str, rows: list[tuple[str, str, str]], commands: list[str], settings: str) -> str:
     """The MarkdownNote text: what the workflow does, every file (repository, folder), download commands, tips."""
-    table = "\n".join(f"| {what} | {repo_link(repo)} | `{folder}` |" for what, repo, folder in rows)
+    files = "\n".join(f"- {what}\n  from {repo_link(repo)} into `{folder}`" for what, repo, folder in rows)
     shell = "\n".join(commands)
-    return (f"## {title}\n\n{about}\n\n**Files** (folders relative to the ComfyUI folder)\n\n"
-            f"| file | Hugging Face repository | folder |\n|---|---|---|\n{table}\n\n"
+    return (f"## {title}\n\n{about}\n\n**Files** (folders relative to the ComfyUI folder)\n\n{files}\n\n"
             f"From the ComfyUI folder (`pip install huggingface_hub` gives `huggingface-cli`):\n\n```sh\n{shell}\n```\n\n"
             f"{settings}\n\nMore in the pack's `workflows/README.md`.")
 
@@ -357,6 +356,29 @@ def core_ksampler() -> Graph:
     return finish(g, vae.out(), latent.out())
 
 
+EXPORT_NAME = "wan2.1_t2v_14b_distill_lora_merged_scaled_fp8_e4m3_lightx2v"
+
+
+def convert_export() -> Graph:
+    g = Graph("wan_express_convert", "Offline merge and export: the official Wan2.1 T2V-14B folder with LightX2V's "
+              "4-step distill LoRA merged, written once as a LightX2V scaled-FP8 file that loads fast every time.")
+    lora = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+    row, command = whole("Wan-AI/Wan2.1-T2V-14B", "the whole folder (DiT shards + index, config.json; umT5, "
+                         "tokenizer and VAE are not read here)")
+    g.note(note("Convert / export: merge the distill LoRA once, save FP8", "Run this workflow once: it reads the "
+                "official weights, merges the LoRA in float, quantizes to per-channel FP8 and writes "
+                f"`models/diffusion_models/{EXPORT_NAME}.safetensors` (under a temporary name until complete). "
+                "Then refresh the page and pick that file in the DiT loader of a text-to-video workflow, with "
+                "no LoRA: it is a 4-step model.", [row, file_row(lora)], [command, download(lora)],
+                "Formats: lightx2v-bf16 / lightx2v-fp8 / lightx2v-int8 (LightX2V's own layouts) or comfyui-fp8 "
+                "(also loads in core's loader). A Wan2.2 A14B folder exports one expert per run (file: "
+                "high_noise_model/ or low_noise_model/). overwrite off stops when the file exists. The same "
+                "from a shell: `python -m wan_express convert`."))
+    g.add("WanExpressConvert", 0, "Convert: Wan2.1 T2V-14B + distill LoRA -> LightX2V FP8",
+          model="Wan2.1-T2V-14B/", format="lightx2v-fp8", filename=EXPORT_NAME, overwrite=False, lora=lora)
+    return g
+
+
 TINY_COMMAND = ("python -c \"from pathlib import Path; from wan_express.synthetic import write_model_folder; "
                 "write_model_folder(Path('models/wan_express/Wan2.1-T2V-tiny'))\"")
 
@@ -385,12 +407,17 @@ def tiny_cpu() -> Graph:
 
 
 GRAPHS = (t2v_4step, wan22_i2v_a14b_4step, t2v_lightx2v_fp8, i2v_480p_int8, flf2v_720p, wan22_i2v_lightx2v_fp8,
-          wan22_t2v_lora_nodes, ti2v_5b, lightx2v_config, t2v_official_cfg, core_ksampler, tiny_cpu)
+          wan22_t2v_lora_nodes, ti2v_5b, lightx2v_config, t2v_official_cfg, core_ksampler, tiny_cpu, convert_export)
+# Graphs whose node is not in this version of the pack are not written.
+NEEDS = {convert_export: "WanExpressConvert"}
 
 
 def workflows() -> dict[str, dict]:
-    """File name -> UI-format workflow, for every graph above."""
-    return {f"{graph.name}.json": graph.to_json(FILES) for graph in (make() for make in GRAPHS)}
+    """File name -> UI-format workflow, for every graph above whose nodes the pack has."""
+    from wan_express.nodes import NODE_CLASS_MAPPINGS
+
+    graphs = [make() for make in GRAPHS if NEEDS.get(make, "WanExpressSampler") in NODE_CLASS_MAPPINGS]
+    return {f"{graph.name}.json": graph.to_json(FILES) for graph in graphs}
 
 
 def dump(workflow: dict) -> str:

@@ -35,7 +35,7 @@ ROW, WIDGET_ROW, PADDING = 20, 24, 16
 EXTRA_HEIGHT = {"LoadImage": 290, "SaveVideo": 300}
 MULTILINE_HEIGHT = 110
 COLUMN_GAP, NODE_GAP, TITLE = 60, 50, 30
-NOTE_WIDTH = 520
+NOTE_WIDTH = 560
 
 
 class Out:
@@ -65,7 +65,7 @@ class Node:
 
     def size(self) -> list[int]:
         if self.type == "MarkdownNote":
-            lines = sum(1 + len(line) // 62 for line in self.widgets[0][1].splitlines())
+            lines = sum(1 + len(line) // 68 for line in self.widgets[0][1].splitlines())
             return [NOTE_WIDTH, 40 + 19 * lines]
         rows = max(len(self.sockets), len(self.outputs))
         visible = [name for name, _ in self.widgets if name not in ("control_after_generate", "upload")]
@@ -82,7 +82,8 @@ class Graph:
         self.nodes: list[Node] = []
         self.widths = {"WanExpressDiTLoader": 560, "WanExpressTextEncode": 420, "WanExpressSampler": 380,
                        "WanExpressTextEncoderLoader": 400, "LoadImage": 340, "SaveVideo": 420,
-                       "WanExpressLoRA": 480, "KSampler": 340}
+                       "WanExpressLoRA": 480, "KSampler": 340,
+                       "WanExpressConvert": 560}
 
     @staticmethod
     def spec(kind: str):
