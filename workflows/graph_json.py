@@ -8,7 +8,6 @@ nothing overlaps.
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -36,6 +35,10 @@ EXTRA_HEIGHT = {"LoadImage": 290, "SaveVideo": 300}
 MULTILINE_HEIGHT = 110
 COLUMN_GAP, NODE_GAP, TITLE = 60, 50, 30
 NOTE_WIDTH = 560
+# Node widths that fit their longest widget value; others are 340 wide.
+WIDTHS = {"WanExpressDiTLoader": 560, "WanExpressTextEncode": 420, "WanExpressSampler": 380,
+          "WanExpressTextEncoderLoader": 400, "LoadImage": 340, "SaveVideo": 420, "WanExpressLoRA": 480,
+          "KSampler": 340, "WanExpressConvert": 560}
 
 
 class Out:
@@ -71,7 +74,7 @@ class Node:
         visible = [name for name, _ in self.widgets if name not in ("control_after_generate", "upload")]
         height = PADDING + ROW * rows + WIDGET_ROW * (len(visible) + (1 if "seed" in visible else 0))
         height += MULTILINE_HEIGHT * len(self.multiline) + EXTRA_HEIGHT.get(self.type, 0)
-        return [self.graph.widths.get(self.type, 340), height]
+        return [WIDTHS.get(self.type, 340), height]
 
 
 class Graph:
@@ -80,10 +83,6 @@ class Graph:
     def __init__(self, name: str, summary: str):
         self.name, self.summary = name, summary
         self.nodes: list[Node] = []
-        self.widths = {"WanExpressDiTLoader": 560, "WanExpressTextEncode": 420, "WanExpressSampler": 380,
-                       "WanExpressTextEncoderLoader": 400, "LoadImage": 340, "SaveVideo": 420,
-                       "WanExpressLoRA": 480, "KSampler": 340,
-                       "WanExpressConvert": 560}
 
     @staticmethod
     def spec(kind: str):
