@@ -408,15 +408,9 @@ def tiny_cpu() -> Graph:
 
 GRAPHS = (t2v_4step, wan22_i2v_a14b_4step, t2v_lightx2v_fp8, i2v_480p_int8, flf2v_720p, wan22_i2v_lightx2v_fp8,
           wan22_t2v_lora_nodes, ti2v_5b, lightx2v_config, t2v_official_cfg, core_ksampler, tiny_cpu, convert_export)
-# Graphs whose node is not in this version of the pack are not written.
-NEEDS = {convert_export: "WanExpressConvert"}
-
-
 def workflows() -> dict[str, dict]:
-    """File name -> UI-format workflow, for every graph above whose nodes the pack has."""
-    from wan_express.nodes import NODE_CLASS_MAPPINGS
-
-    graphs = [make() for make in GRAPHS if NEEDS.get(make, "WanExpressSampler") in NODE_CLASS_MAPPINGS]
+    """File name -> UI-format workflow, for every graph above."""
+    graphs = [make() for make in GRAPHS]
     return {f"{graph.name}.json": graph.to_json(FILES) for graph in graphs}
 
 
