@@ -85,7 +85,7 @@ class WanExpressLoRA:
             lines.append(line if model_low is None else f"{role}-noise expert: {line}")
         report = f"{path.name} ({why}): " + "; ".join(lines)
         log.info("LoRA %s", report)
-        return patched[HIGH], patched.get(LOW), report
+        return {"ui": {"text": [report]}, "result": (patched[HIGH], patched.get(LOW), report)}
 
 
 def apply_lora(model, spec: LoraSpec, live: bool = False):

@@ -44,7 +44,8 @@ for (const path of workflows) {
         id: node.id, type: node.type, registered: node.type in registered,
         box: [rect[0], rect[1], rect[2], rect[3]],
         widgets: (node.widgets ?? []).map((widget) => ({ name: widget.name, type: widget.type,
-                                                         value: widget.value })),
+                                                         value: widget.value,
+                                                         display: widget.options?.serialize === false })),
       };
     });
     const prompt = await app.graphToPrompt();

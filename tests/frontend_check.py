@@ -36,7 +36,7 @@ def widget_problems(node: dict, info: dict) -> list[str]:
     problems = []
     for widget in node["widgets"]:
         name, value = widget["name"], widget["value"]
-        if name in FRONTEND_ONLY_WIDGETS:
+        if name in FRONTEND_ONLY_WIDGETS or widget.get("display"):  # display-only (our report box): never sent
             continue
         if name not in declared:
             problems.append(f"widget {name!r} is not an input of {node['type']}")

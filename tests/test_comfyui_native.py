@@ -137,7 +137,7 @@ from wan_express.nodes.lora_node import WanExpressLoRA
 node_lora = sys.argv[6]
 dit = build("fp8")
 patcher = core_model(dit)
-node_model, _, node_report = WanExpressLoRA().apply(patcher, node_lora.rsplit("/", 1)[1], strength, "auto")
+node_model, _, node_report = WanExpressLoRA().apply(patcher, node_lora.rsplit("/", 1)[1], strength, "auto")["result"]
 mm.load_models_gpu([node_model], force_full_load=True)
 with torch.no_grad():
     node_out = node_model.model.apply_model(x, sigma, c_crossattn=context)
@@ -156,7 +156,7 @@ report["lora_node"] = {
 from wan_express.loaders.lora import attach_loras
 live_dit = build("fp8")
 live_model, _, live_report = WanExpressLoRA().apply(core_model(live_dit), node_lora.rsplit("/", 1)[1], strength,
-                                                    "auto", mode="live")
+                                                    "auto", mode="live")["result"]
 codes_before = {n: m.weight.detach().clone() for n, m in quantized(live_dit).items()}
 mm.load_models_gpu([live_model], force_full_load=True)
 with torch.no_grad():
@@ -174,7 +174,7 @@ report["lora_node"].update(live_report=live_report, live_codes_kept=codes_kept,
 # a pair: the file name routes it to the high-noise expert only
 high, low = core_model(build("fp8")), core_model(build("fp8"))
 routed_high, routed_low, pair_report = WanExpressLoRA().apply(high, node_lora.rsplit("/", 1)[1], strength, "auto",
-                                                              model_low=low)
+                                                              model_low=low)["result"]
 report["lora_node"].update(pair_report=pair_report, high_patched=len(routed_high.patches),
                            low_is_unchanged=routed_low is low)
 

@@ -31,7 +31,9 @@ CORE_NODES = {
 }
 # Body heights the front end gives a node beyond its rows (title bar excluded, it sits above pos).
 ROW, WIDGET_ROW, PADDING = 20, 24, 16
-EXTRA_HEIGHT = {"LoadImage": 290, "SaveVideo": 300}
+# LoadImage / SaveVideo previews, and the read-only report box web/report_text.js adds to the pack's reporting nodes.
+EXTRA_HEIGHT = {"LoadImage": 290, "SaveVideo": 300, "WanExpressInspect": 110, "WanExpressConvert": 110,
+                "WanExpressLoRA": 110}
 MULTILINE_HEIGHT = 110
 COLUMN_GAP, NODE_GAP, TITLE = 60, 50, 30
 NOTE_WIDTH = 560
