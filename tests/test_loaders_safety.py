@@ -4,6 +4,7 @@ Every refusal is a `WanExpressError` whose message names the file (and tensor) a
 """
 
 import json
+import sys
 import struct
 
 import pytest
@@ -14,7 +15,7 @@ from wan_express.loaders.dit.loader import load_dit, open_dit
 from wan_express.loaders.files.header import read_header
 from wan_express.loaders.files.pth import read_pth
 
-from .loader_files import per_channel, save, tiny_weights, write_lightx2v
+from .loader_files import per_channel, save, tiny_weights, write_lightx2v, write_official
 
 
 def write_raw(path, header: dict, data: bytes = b"", length: int | None = None):
@@ -195,3 +196,36 @@ def test_fp8_weights_without_any_scale_run_with_scale_one_but_one_missing_scale_
     plain.update({"blocks.0.ffn.0.weight": codes, "blocks.0.ffn.0.weight_scale": scale})
     with pytest.raises(ModelFormatError, match=r"'blocks\.0\.self_attn\.q\.weight' has no scale"):
         open_dit(save(plain, tmp_path / "broken_fp8.safetensors"))
+
+
+# Files opened outside the model folders of the containment test (one audit hook for the whole module).
+OPENED: list[str] = []
+sys.addaudithook(lambda event, args: OPENED.append(args[0]) if event == "open" and args and isinstance(args[0], str)
+                 and args[0].endswith(("outside.safetensors", "hostname")) else None)
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "/etc/hostname", "..\\outside.safetensors",
+                                    "C:/outside.safetensors", "sub/../../outside.safetensors"])
+def test_an_index_naming_a_shard_outside_its_folder_is_refused_before_anything_is_opened(escape, tmp_path):
+    folder = write_official(tmp_path / "model", tiny_weights(seed=1))
+    outside = save(tiny_weights(seed=2), tmp_path / "outside.safetensors")
+    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = escape
+    index_file.write_text(json.dumps(index))
+    OPENED.clear()
+    with pytest.raises(ModelFormatError, match=r"names a shard outside its folder; only files inside model/") as error:
+        open_dit(folder)
+    assert escape not in str(error.value) and not OPENED and outside.is_file()
+
+
+def test_a_shard_that_is_a_symlink_inside_the_folder_still_loads(tmp_path):
+    folder = write_official(tmp_path / "snapshot", tiny_weights(seed=1))
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for shard in sorted(folder.glob("diffusion_pytorch_model-*.safetensors")):  # a download cache's layout
+        blob = blobs / shard.name
+        shard.rename(blob)
+        shard.symlink_to(blob)
+    assert open_dit(folder).config.num_layers == tiny_weights.__defaults__[0].num_layers

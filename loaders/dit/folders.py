@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ...errors import MissingComponentError, ModelFormatError, UnsupportedModelError
 from ...expert_names import EXPERTS, FOLDERS, HIGH, LOW, expert_in_name
@@ -171,9 +171,22 @@ def _folder_unit(folder: Path, config: Path | None, role: str | None) -> ModelUn
 def _read_index(index: Path) -> dict[str, Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-        return {str(key): index.parent / str(shard) for key, shard in weight_map.items()}
+        return {str(key): _shard(index, shard) for key, shard in weight_map.items()}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise ModelFormatError(f"{index}: not a shard index with a 'weight_map' ({error})") from None
+
+
+def _shard(index: Path, name: object) -> Path:
+    """A shard the index names, as a path inside the index's folder. Names are checked, not resolved: a shard that
+    is a symlink inside the folder (download caches) stays allowed, a name that climbs out or is absolute never
+    reaches the disk, and the message does not repeat what the file says."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ModelFormatError(f"{index}: a shard name in the index is not a file name")
+    relative = PurePosixPath(name.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or PureWindowsPath(name).drive:
+        raise ModelFormatError(f"{index}: the index names a shard outside its folder; only files inside "
+                               f"{index.parent.name}/ are read")
+    return index.parent / relative
 
 
 def _is_dit_file(path: Path) -> bool:
