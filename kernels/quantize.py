@@ -30,12 +30,18 @@ def quantize_weight(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Te
     amax = w.abs().amax(dim=1, keepdim=True) if scheme.granularity == "channel" else w.abs().amax().reshape(1, 1)
     qmax = QMAX[scheme.codes]
     scale = amax.clamp(min=_MIN_AMAX) / qmax
-    scaled = w / scale
+    return codes_with_scale(w, scale, scheme), scale
+
+
+def codes_with_scale(weight: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    """The codes of float ``weight`` under a given ``scale`` (``[out, 1]`` or ``[1, 1]``), rounded and saturated to
+    the code range as `quantize_weight` does."""
+    scaled = weight.float() / scale
     if scheme.codes == "int8":
         scaled = scaled.round().clamp(-128, 127)
     else:
-        scaled = scaled.clamp(-qmax, qmax)
-    return scaled.to(scheme.dtype), scale
+        scaled = scaled.clamp(-QMAX[scheme.codes], QMAX[scheme.codes])
+    return scaled.to(scheme.dtype)
 
 
 def quantize_layers(tensors: Mapping[str, torch.Tensor], layers: Mapping[str, QuantScheme],

@@ -61,23 +61,6 @@ def _resolve_tokenizer(choice: str) -> Path:
                                 f"in it under models/text_encoders and models/{host.FOLDER_KEY})")
 
 
-def _progress_bar():
-    """A ``(done, total)`` callback driving ComfyUI's progress bar of the running node; None outside ComfyUI."""
-    try:
-        import comfy.utils
-    except ImportError:
-        return None
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
-
-    return update
-
-
 def _vae_dtype(choice: str) -> torch.dtype:
     """The VAE dtype of a choice; auto: bf16 where ComfyUI computes on a GPU, fp32 on a CPU (bf16 is slow there)."""
     if choice == "auto":
@@ -262,7 +245,7 @@ class WanExpressVAEEncode:
     def encode(self, vae, images: torch.Tensor):
         host.bring(vae)
         video = images[..., :3].permute(3, 0, 1, 2)[None].float() * 2 - 1  # [1, 3, N, H, W] in [-1, 1]
-        latent = vae.encode(video, progress=_progress_bar(), interrupt=host.interrupt_check())
+        latent = vae.encode(video, progress=host.progress_bar(), interrupt=host.interrupt_check())
         return ({"samples": to_raw(latent).cpu()},)
 
 
@@ -298,7 +281,7 @@ class WanExpressVAEDecode:
     def decode(self, vae, samples: dict, tiled: str = "auto", tile: int = 512):
         host.bring(vae)
         video = vae.decode(to_normalized(samples["samples"]), tiled={"auto": None, "on": True, "off": False}[tiled],
-                           tile=max(1, tile // vae.stride[1]), progress=_progress_bar(),
+                           tile=max(1, tile // vae.stride[1]), progress=host.progress_bar(),
                            interrupt=host.interrupt_check())  # [B, 3, F, H, W] in [-1, 1]
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # [B*F, H, W, 3]
         return (((frames + 1) / 2).clamp(0, 1).float().cpu(),)

@@ -247,9 +247,10 @@ def output_folder(key: str) -> Path:
     return folder
 
 
-def tensor_progress():
-    """A ``progress(done, total)`` for work done tensor by tensor (exports): drives ComfyUI's progress bar and
-    raises ComfyUI's interrupt exception when the user cancels. None outside the host."""
+def progress_bar(check_interrupt: bool = False):
+    """A ``progress(done, total)`` driving ComfyUI's progress bar of the running node (VAE chunks, exported tensors);
+    with ``check_interrupt`` it also raises ComfyUI's interrupt exception when the user cancels. None outside the
+    host."""
     try:
         import comfy.model_management
         import comfy.utils
@@ -259,7 +260,8 @@ def tensor_progress():
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        if check_interrupt:
+            comfy.model_management.throw_exception_if_processing_interrupted()
         if bar is None:
             bar = comfy.utils.ProgressBar(total)
         bar.update_absolute(done, total)

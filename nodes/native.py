@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WanExpressError
-from ..kernels.quantize import quantize_weight
-from ..kernels.quantized import ActivationLinear, QuantizedActivation, QuantLinear, QuantOps, QuantScheme
+from ..kernels.quantize import codes_with_scale, quantize_weight
+from ..kernels.quantized import ActivationLinear, QuantizedActivation, QuantLinear, QuantOps
 from ..models import WanConfig, WanDiT
 
 
@@ -95,20 +95,13 @@ class NativeQuantLinear(_CoreWeights, QuantLinear):
         if return_weight:
             return weight
         if inplace_update:
-            self.weight.data.copy_(_codes_with_scale(weight, self.weight_scale.to(weight.device), self.scheme))
+            self.weight.data.copy_(codes_with_scale(weight, self.weight_scale.to(weight.device), self.scheme))
             return None
         codes, scale = quantize_weight(weight, self.scheme)
         param = nn.Parameter(codes, requires_grad=False)
         param.patched_scale = scale
         self.weight = param
         return None
-
-
-def _codes_with_scale(weight: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
-    """Codes of float ``weight`` under a given scale, rounded and saturated to the code range."""
-    limit = 127.0 if scheme.codes == "int8" else torch.finfo(scheme.dtype).max
-    scaled = (weight.float() / scale).clamp(-limit, limit)
-    return (scaled.round() if scheme.codes == "int8" else scaled).to(scheme.dtype)
 
 
 class NativeLinear(_CoreWeights, ActivationLinear):
@@ -173,11 +166,13 @@ class NativeWanDiT(WanDiT):
 
     def _follow(self, device: torch.device) -> None:
         """Move what core's partial loads leave behind (parameters of modules without the weight protocol, such as
-        ``blocks.N.modulation``) to the input's device; they are small."""
-        for module in self.modules():
-            if isinstance(module, _CoreWeights):
-                continue
-            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+        ``blocks.N.modulation``) to the input's device; they are small. The modules that own such tensors are listed
+        once; their tensors are read at every call, since patches swap them (LoRA merges, object patches)."""
+        if not hasattr(self, "_unstreamed"):
+            self._unstreamed = [module for module in self.modules() if not isinstance(module, _CoreWeights)
+                                and (module._parameters or module._buffers)]
+        for module in self._unstreamed:
+            for tensor in (*module._parameters.values(), *module._buffers.values()):
                 if tensor is not None and tensor.device != device:
                     tensor.data = tensor.data.to(device)
 
@@ -189,15 +184,15 @@ def core_model(dit: NativeWanDiT):
     memory is needed). Raises `HostChangedError` when core's detection or model classes moved.
     """
     comfy = _core()
-    shapes = {key: tensor for key, tensor in dit.state_dict().items()}
+    state = dit.state_dict()  # detection reads its keys and shapes
     try:
-        unet_config = comfy.model_detection.detect_unet_config(shapes, "")
-        model_config = comfy.model_detection.model_config_from_unet_config(unet_config, shapes)
+        unet_config = comfy.model_detection.detect_unet_config(state, "")
+        model_config = comfy.model_detection.model_config_from_unet_config(unet_config, state)
         if model_config is None:
             raise HostChangedError("ComfyUI did not recognise the Wan DiT's tensors as a Wan model")
         model_config.set_inference_dtype(dit.compute_dtype, torch.float32)
         model_config.unet_config["disable_unet_model_creation"] = True
-        base = model_config.get_model(shapes, "")
+        base = model_config.get_model(state, "")
         base.diffusion_model = dit
         management = comfy.model_management
         return comfy.model_patcher.ModelPatcher(base, load_device=management.get_torch_device(),

@@ -96,7 +96,7 @@ class WanExpressInspect:
     DESCRIPTION = ("Describe a Wan model without loading it: family, variant, size, layout, precision and "
                    "quantization, Wan2.2 expert role, the umT5 / tokenizer / VAE / CLIP files found beside it and "
                    "what is missing, with hints (the same report as 'python -m wan_express inspect'). The text "
-                   "shows in the queue's outputs; connect 'report' to core's Preview Any to read it on the graph.")
+                   "shows on the node after a run, and leaves as 'report'.")
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)
     OUTPUT_TOOLTIPS = ("The summary as text.",)
@@ -171,7 +171,7 @@ class WanExpressConvert:
         inside = chosen_file(file)
         started = time.perf_counter()
         written = convert_dit(host.resolve_model(OUTPUT_KEY, model), output, format, specs, file=inside,
-                              source=model + (inside or ""), progress=host.tensor_progress())
+                              source=model + (inside or ""), progress=host.progress_bar(check_interrupt=True))
         text = (f"wrote models/{OUTPUT_KEY}/{name}: {format}, {written['tensors']} tensors, "
                 f"{_size(written['bytes'])}, {written['loras']} LoRA(s) merged, in "
                 f"{time.perf_counter() - started:.1f} s")
