@@ -92,14 +92,15 @@ def whole(repo: str, what: str) -> tuple[tuple, str]:
     return (what, repo, folder), f"huggingface-cli download {repo} --local-dir {folder}"
 
 
-def text_side(g: Graph, folder: str, prompt: str, negative: bool = False):
-    """umT5 loader (column 0) and the prompt encodes (column 1); returns (positive, negative or None)."""
+def text_side(g: Graph, folder: str, prompt: str, negative: bool = False, vae_title: str | None = None):
+    """umT5 loader (column 0), the prompt encodes (column 1) and the VAE loader of ``folder`` (column 0); returns
+    (positive, negative or None, vae)."""
     encoder = g.add("WanExpressTextEncoderLoader", 0, model=folder, quantization="auto", device="gpu")
     positive = g.add("WanExpressTextEncode", 1, "Prompt", text_encoder=encoder.out(), text=prompt)
-    if not negative:
-        return positive.out(), None
-    negative_node = g.add("WanExpressTextEncode", 1, "Negative prompt", text_encoder=encoder.out(), text=NEGATIVE)
-    return positive.out(), negative_node.out()
+    negative_node = (g.add("WanExpressTextEncode", 1, "Negative prompt", text_encoder=encoder.out(), text=NEGATIVE)
+                     if negative else None)
+    vae = g.add("WanExpressVAELoader", 0, *([vae_title] if vae_title else []), model=folder)
+    return positive.out(), negative_node.out() if negative else None, vae
 
 
 def dit(g: Graph, model: str, title: str, **options):
@@ -124,8 +125,7 @@ def t2v_4step() -> Graph:
                 "Sampler: distill, 1000,750,500,250, shift 5, cfg 1. For FP8/INT8 weights set the loader's "
                 "quantization (the LoRA is merged first, one rounding)."))
     model = dit(g, "Wan2.1-T2V-14B/", "DiT: official Wan2.1 T2V-14B + 4-step distill LoRA", lora=lora)
-    positive, _ = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.1-T2V-14B/")
+    positive, _, vae = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT)
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=positive, **DISTILL)
     return finish(g, vae.out(), latent.out())
 
@@ -145,8 +145,7 @@ def wan22_i2v_a14b_4step() -> Graph:
                 "Pick your start image in Load Image."))
     model = dit(g, "Wan2.2-I2V-A14B/", "DiT: Wan2.2 I2V-A14B experts + high/low distill LoRAs", lora=high,
                 lora_expert="high", lora_2=low, lora_2_expert="low")
-    positive, _ = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.2-I2V-A14B/")
+    positive, _, vae = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
     image = g.add("LoadImage", 1, "Start image")
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), model_low=model.out("model_low"),
                    positive=positive, vae=vae.out(), start_image=image.out(), **DISTILL)
@@ -165,8 +164,7 @@ def t2v_lightx2v_fp8() -> Graph:
                 "`wan2.1_t2v_14b_lightx2v_4step.safetensors` (bf16), `..._int8_lightx2v_4step.safetensors`, "
                 "`..._scaled_fp8_e4m3_lightx2v_4step_comfyui.safetensors`."))
     model = dit(g, model_file, "DiT: LightX2V Wan2.1 T2V-14B FP8 (4-step)")
-    positive, _ = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.1-T2V-14B/")
+    positive, _, vae = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT)
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=positive, **DISTILL)
     return finish(g, vae.out(), latent.out())
 
@@ -183,8 +181,7 @@ def i2v_480p_int8() -> Graph:
                 "Sampler: distill, 1000,750,500,250, shift 5, cfg 1; width x height sets the area, the image "
                 "sets the aspect. Pick your start image in Load Image."))
     model = dit(g, model_file, "DiT: LightX2V Wan2.1 I2V-14B-480P INT8 (4-step)")
-    positive, _ = text_side(g, "Wan2.1-I2V-14B-480P/", I2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.1-I2V-14B-480P/")
+    positive, _, vae = text_side(g, "Wan2.1-I2V-14B-480P/", I2V_PROMPT)
     clip = g.add("WanExpressCLIPVisionLoader", 0, model="Wan2.1-I2V-14B-480P/")
     image = g.add("LoadImage", 1, "Start image")
     features = g.add("WanExpressCLIPVisionEncode", 1, clip_vision=clip.out(), start_image=image.out())
@@ -204,9 +201,8 @@ def flf2v_720p() -> Graph:
                 "Sampler: unipc, 50 steps, shift 16, cfg 5 with the negative prompt (the official FLF2V "
                 "settings), 1280x720, 81 frames. No distilled FLF2V model exists; it is the slowest workflow here."))
     model = dit(g, "Wan2.1-FLF2V-14B-720P/", "DiT: official Wan2.1 FLF2V-14B-720P")
-    positive, negative = text_side(g, "Wan2.1-FLF2V-14B-720P/", "The camera glides from the first view to the "
+    positive, negative, vae = text_side(g, "Wan2.1-FLF2V-14B-720P/", "The camera glides from the first view to the "
                                    "last one in one smooth move.", negative=True)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.1-FLF2V-14B-720P/")
     clip = g.add("WanExpressCLIPVisionLoader", 0, model="Wan2.1-FLF2V-14B-720P/")
     start = g.add("LoadImage", 1, "First frame")
     end = g.add("LoadImage", 1, "Last frame", image="example_end.png")
@@ -233,8 +229,7 @@ def wan22_i2v_lightx2v_fp8() -> Graph:
                 "(e.g. `..._4step_1030.safetensors`): pick the files you downloaded in the loaders."))
     model_high = dit(g, high, "DiT: high-noise expert (FP8)")
     model_low = dit(g, low, "DiT: low-noise expert (FP8)")
-    positive, _ = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.2-I2V-A14B/")
+    positive, _, vae = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
     image = g.add("LoadImage", 1, "Start image")
     latent = g.add("WanExpressSampler", 2, model=model_high.out("model"), model_low=model_low.out("model"),
                    positive=positive, vae=vae.out(), start_image=image.out(), **DISTILL)
@@ -259,8 +254,7 @@ def wan22_t2v_lora_nodes() -> Graph:
                   model_low=model.out("model_low"), lora=high)
     second = g.add("WanExpressLoRA", 1, "LoRA: low-noise distill", model=first.out("model"),
                    model_low=first.out("model_low"), lora=low)
-    positive, _ = text_side(g, "Wan2.2-T2V-A14B/", T2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.2-T2V-A14B/")
+    positive, _, vae = text_side(g, "Wan2.2-T2V-A14B/", T2V_PROMPT)
     latent = g.add("WanExpressSampler", 2, model=second.out("model"), model_low=second.out("model_low"),
                    positive=positive, **DISTILL)
     return finish(g, vae.out(), latent.out())
@@ -277,8 +271,7 @@ def ti2v_5b() -> Graph:
                 [command], "Sampler: unipc, 50 steps, shift 5, cfg 5 with the negative prompt, 1280x704, 121 "
                 "frames at 24 fps (the official settings). Fits a 24 GB GPU."))
     model = dit(g, "Wan2.2-TI2V-5B/", "DiT: official Wan2.2 TI2V-5B")
-    positive, negative = text_side(g, "Wan2.2-TI2V-5B/", T2V_PROMPT, negative=True)
-    vae = g.add("WanExpressVAELoader", 0, "VAE (Wan2.2)", model="Wan2.2-TI2V-5B/")
+    positive, negative, vae = text_side(g, "Wan2.2-TI2V-5B/", T2V_PROMPT, negative=True, vae_title="VAE (Wan2.2)")
     image = g.add("LoadImage", 1, "Start image (optional)")
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=positive, negative=negative,
                    vae=vae.out(), start_image=image.out(), width=1280, height=704, length=121, schedule="unipc",
@@ -304,8 +297,7 @@ def lightx2v_config() -> Graph:
                 "Sampler: set it as the config says (distill 1000,750,500,250, shift 5, cfg 1); the sampler's "
                 "widgets decide, the config's sampling keys are not read by the sampler."))
     model = dit(g, LIGHTX2V_CONFIG, "DiT: LightX2V config (Wan2.2 I2V-A14B INT8 pair)")
-    positive, _ = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.2-I2V-A14B/")
+    positive, _, vae = text_side(g, "Wan2.2-I2V-A14B/", I2V_PROMPT)
     image = g.add("LoadImage", 1, "Start image")
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), model_low=model.out("model_low"),
                    positive=positive, vae=vae.out(), start_image=image.out(), **DISTILL)
@@ -323,8 +315,7 @@ def t2v_official_cfg() -> Graph:
                 "Sampler: unipc, 50 steps, shift 5, cfg 5, negative prompt connected. For Wan2.1 T2V-1.3B "
                 "(`Wan-AI/Wan2.1-T2V-1.3B`) the official README suggests shift 8-12 and cfg 6."))
     model = dit(g, "Wan2.1-T2V-14B/", "DiT: official Wan2.1 T2V-14B")
-    positive, negative = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT, negative=True)
-    vae = g.add("WanExpressVAELoader", 0, model="Wan2.1-T2V-14B/")
+    positive, negative, vae = text_side(g, "Wan2.1-T2V-14B/", T2V_PROMPT, negative=True)
     latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=positive, negative=negative,
                    schedule="unipc", steps=50, shift=5.0, cfg=5.0)
     return finish(g, vae.out(), latent.out())
