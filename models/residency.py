@@ -12,10 +12,13 @@ Entry point: `ModelResidency.of(model)` (one per model, kept on it): the non-blo
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 _ATTRIBUTE = "_wan_express_residency"
 
@@ -26,14 +29,17 @@ def pinning_available() -> bool:
 
 
 def host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A CPU copy of ``tensor`` to keep for the model's lifetime (page-locked with ``pin``). A CPU tensor that
-    needs no pinning is kept as it is: no second copy of the weights exists."""
-    if tensor.device.type == "cpu" and not pin:
-        return tensor
-    if tensor.device.type == "cpu":
-        return tensor.pin_memory()
-    copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
-    return copy.copy_(tensor)
+    """A CPU copy of ``tensor`` to keep for the model's lifetime (page-locked with ``pin``, where the system lets
+    us pin that much; else pageable). A CPU tensor that needs no pinning is kept as it is: no second copy exists."""
+    if pin:
+        try:
+            if tensor.device.type == "cpu":
+                return tensor.pin_memory()  # itself when already pinned
+            return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+        except RuntimeError as error:  # page-locked memory is a limited resource on some systems
+            log.warning("could not pin %.1f MB of host memory (%s); keeping pageable copies",
+                        tensor.numel() * tensor.element_size() / 2 ** 20, error)
+    return tensor if tensor.device.type == "cpu" else tensor.to("cpu")
 
 
 @dataclasses.dataclass
@@ -60,7 +66,13 @@ class _Slot:
 
     def point_at(self, tensor: torch.Tensor) -> None:
         if self.parameter:
-            self.module._parameters[self.name].data = tensor  # the Parameter object (and what hangs on it) stays
+            param = self.module._parameters[self.name]
+            if torch._has_compatible_shallow_copy_type(param, tensor):
+                param.data = tensor  # the Parameter object (and what hangs on it) stays
+            else:  # e.g. the meta device, as nn.Module._apply does: a new Parameter with the old one's attributes
+                replaced = nn.Parameter(tensor, requires_grad=param.requires_grad)
+                replaced.__dict__.update(param.__dict__)
+                self.module._parameters[self.name] = replaced
         else:
             self.module._buffers[self.name] = tensor
         self.mark = self.signature()
@@ -226,3 +238,75 @@ def _outside(model: nn.Module, blocks: nn.Module) -> Iterable[nn.Module]:
 def residency_of(model: nn.Module) -> ModelResidency | None:
     """The residency made for ``model``, or None."""
     return model.__dict__.get(_ATTRIBUTE)
+
+
+_MOVES = "_wan_express_host_copies"
+
+
+def keep_host_copies(model: nn.Module, pin: bool | None = None) -> nn.Module:
+    """Make ``model.to(...)`` (and any ``.to`` of its modules, as a host's memory manager calls on leaf modules
+    during partial loads) use persistent host copies: moving a tensor to the CPU points it at its copy instead of
+    copying it back, and moving it to a device copies from the pinned copy with ``non_blocking``.
+
+    A tensor replaced or edited in place since it was last moved (a host's LoRA patch) is taken as it is: on the CPU
+    it becomes the new host copy; on a device it moves the ordinary way (and becomes the host copy once on the
+    CPU); a restored original (the same tensor object, unedited) takes the fast path again. Dtype conversions move
+    the ordinary way. Tensors of modules added later are not covered. Idempotent; returns ``model``.
+    """
+    pin = pinning_available() if pin is None else pin
+    for module in model.modules():
+        if _MOVES in module.__dict__ or not (module._parameters or module._buffers):
+            continue
+        slots = {}
+        for table, parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, tensor in list(table.items()):
+                if tensor is None:
+                    continue
+                if tensor.device.type == "cpu":
+                    slots[(parameter, name)] = _adopt(module, name, parameter, tensor, pin)
+                else:  # on a device now: its host copy is made once, the device copy stays in use
+                    slot = _Slot(module, name, parameter, host_copy(tensor.data, pin))
+                    slot.mark = slot.signature()
+                    slots[(parameter, name)] = slot
+        module.__dict__[_MOVES] = (slots, pin)
+        module.__dict__["_apply"] = _host_aware_apply.__get__(module)
+    return model
+
+
+def _host_aware_apply(module: nn.Module, fn, recurse: bool = True):
+    """`nn.Module._apply` for a module with host copies (see `keep_host_copies`)."""
+    slots, pin = module.__dict__[_MOVES]
+    if recurse:
+        for child in module.children():
+            child._apply(fn)
+    for table, parameter in ((module._parameters, True), (module._buffers, False)):
+        for name, tensor in list(table.items()):
+            if tensor is None:
+                continue
+            key = (parameter, name)
+            target = fn(torch.empty(0, dtype=tensor.dtype))  # where and as what fn puts a tensor
+            slot = slots.get(key)
+            if (slot is None or slot.changed()) and tensor.device.type == "cpu":
+                slots[key] = slot = _adopt(module, name, parameter, tensor, pin)  # new or edited on the host
+            if slot is not None and not slot.changed() and target.dtype == tensor.dtype:
+                if target.device.type == "cpu":
+                    slot.point_at(slot.host)  # a device copy is dropped, nothing is copied back
+                elif target.device != tensor.device:
+                    slot.point_at(torch.empty(tensor.shape, dtype=tensor.dtype, device=target.device).copy_(
+                        slot.host, non_blocking=slot.host.is_pinned()))
+                continue
+            moved = fn(tensor.data)  # replaced or edited on a device, or a dtype change: the ordinary way
+            if parameter:
+                tensor.data = moved
+            else:
+                table[name] = moved
+            if moved.device.type == "cpu" and moved.dtype == tensor.dtype:
+                slots[key] = _adopt(module, name, parameter, table[name], pin)
+    return module
+
+
+def _adopt(module: nn.Module, name: str, parameter: bool, tensor: torch.Tensor, pin: bool) -> _Slot:
+    """A CPU tensor's value as the new host copy (pinned where asked; no copy when it already is one)."""
+    slot = _Slot(module, name, parameter, host_copy(tensor.data, pin))
+    slot.point_at(slot.host)
+    return slot
