@@ -1,0 +1,31 @@
+"""bench/memory.py and bench/load_time.py run end to end in their ``--tiny`` CPU mode (the same code paths as on a
+GPU, on a tiny model) and write the JSON their tables come from."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(script: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, str(BENCH / script), "--tiny", "--json", str(out), *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_memory_bench_tiny_streams_under_its_budget_and_times_the_switch(tmp_path):
+    results, table = run_bench("memory.py", tmp_path)
+    resident, streaming = results["runs"]
+    assert (resident["mode"], streaming["mode"]) == ("resident", "streaming")
+    assert "error" not in streaming, streaming
+    assert streaming["streamed_blocks"] > 0 and streaming["resident_blocks"] > 0
+    assert len(streaming["times_s"]) == 4 and streaming["vs_resident"] > 0
+    switch = results["switch"]
+    assert switch["expert_gib"] == results["expert_gib"] and switch["pinned"] is False  # no CUDA, no pinning
+    assert "expert switch" in table and "streaming" in table
