@@ -29,3 +29,13 @@ def test_memory_bench_tiny_streams_under_its_budget_and_times_the_switch(tmp_pat
     switch = results["switch"]
     assert switch["expert_gib"] == results["expert_gib"] and switch["pinned"] is False  # no CUDA, no pinning
     assert "expert switch" in table and "streaming" in table
+
+
+def test_load_time_bench_tiny_times_every_reader_cold_and_warm(tmp_path):
+    results, table = run_bench("load_time.py", tmp_path, "--dir", str(tmp_path))
+    runs = {(run["reader"], run["cache"]) for run in results["runs"]}
+    readers = ("raw bytes", "safetensors load_file", "load_dit -> device")
+    assert {(reader, "warm") for reader in readers} <= runs and len(runs) == 6
+    assert all(run["seconds"] > 0 and run["vs_raw"] > 0 for run in results["runs"])
+    assert list(tmp_path.glob("wan_express_load_*")) == []  # the written file is removed
+    assert "load_dit -> device" in table
