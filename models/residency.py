@@ -61,8 +61,8 @@ class _Slot:
         tensor = self.current()
         if tensor is None:
             return ()
-        own = tensor._version if self.parameter else 0
-        return id(tensor), tensor.data_ptr(), own, tensor.data._version
+        # in-place edits through ``tensor.data`` bump no counter we can see; those through the tensor do
+        return id(tensor), tensor.data_ptr(), tensor._version
 
     def point_at(self, tensor: torch.Tensor) -> None:
         if self.parameter:
@@ -251,7 +251,8 @@ def keep_host_copies(model: nn.Module, pin: bool | None = None) -> nn.Module:
     A tensor replaced or edited in place since it was last moved (a host's LoRA patch) is taken as it is: on the CPU
     it becomes the new host copy; on a device it moves the ordinary way (and becomes the host copy once on the
     CPU); a restored original (the same tensor object, unedited) takes the fast path again. Dtype conversions move
-    the ordinary way. Tensors of modules added later are not covered. Idempotent; returns ``model``.
+    the ordinary way. Not seen: edits made through ``param.data`` (no version counter records them) and tensors of
+    modules added later. Idempotent; returns ``model``.
     """
     pin = pinning_available() if pin is None else pin
     for module in model.modules():

@@ -170,3 +170,26 @@ def test_budget_must_be_positive(tmp_path):
 
 def test_gib_is_binary():
     assert GIB == 2 ** 30
+
+
+class RecordingHook:
+    """An expert hook with the look-ahead method: records what the sampler asks for, in order."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, active, idle):
+        self.log.append(("switch", active))
+
+    def prefetch(self, upcoming):
+        self.log.append(("prefetch", upcoming))
+
+
+def test_look_ahead_asks_the_hook_for_the_next_expert_before_the_last_step_ahead_of_the_switch():
+    high, low = tiny_model(seed=1), tiny_model(seed=2)
+    log = []
+    for expert in (high, low):
+        expert.register_forward_pre_hook(lambda module, args: log.append(("call", module)))
+    sample((high, low), t2v_conditioning(), schedule=DistillSchedule(), seed=0, expert_hook=RecordingHook(log))
+    assert log == [("switch", high), ("call", high), ("prefetch", low), ("call", high), ("switch", low),
+                   ("call", low), ("call", low)]
