@@ -28,18 +28,66 @@ def pinning_available() -> bool:
     return torch.cuda.is_available()
 
 
-def host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A CPU copy of ``tensor`` to keep for the model's lifetime (page-locked with ``pin``, where the system lets
-    us pin that much; else pageable). A CPU tensor that needs no pinning is kept as it is: no second copy exists."""
-    if pin:
+def host_copies(tensors: list[torch.Tensor], pin: bool) -> tuple[list[torch.Tensor], "PinnedArena | None"]:
+    """CPU copies of ``tensors`` to keep for the model's lifetime, and the arena to keep with them. With ``pin``
+    they are views into one page-locked buffer (`PinnedArena`); without, a CPU tensor is kept as it is (no second
+    copy exists). Where the system refuses to lock that much memory, the copies stay pageable (a warning says so
+    once)."""
+    if pin and tensors:
         try:
-            if tensor.device.type == "cpu":
-                return tensor.pin_memory()  # itself when already pinned
-            return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+            arena = PinnedArena(tensors)
+            return arena.views, arena
         except RuntimeError as error:  # page-locked memory is a limited resource on some systems
-            log.warning("could not pin %.1f MB of host memory (%s); keeping pageable copies",
-                        tensor.numel() * tensor.element_size() / 2 ** 20, error)
-    return tensor if tensor.device.type == "cpu" else tensor.to("cpu")
+            _warn_once(f"could not pin host memory for the model weights ({error}); keeping pageable copies, so "
+                       "loads to the GPU are synchronous")
+    return [tensor if tensor.device.type == "cpu" else tensor.to("cpu") for tensor in tensors], None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+
+
+class PinnedArena:
+    """Copies of some tensors packed into one CPU buffer that is page-locked in place (``cudaHostRegister``).
+
+    Not `Tensor.pin_memory()`: PyTorch's pinned allocator rounds every allocation up to a power of two (a 71 MB
+    FFN weight takes 128 MB), which would add up to ~half a model of locked RAM. Views keep the buffer alive; the
+    arena unregisters it when it dies (it belongs to the model's residency), before the memory can be freed.
+    """
+
+    PAGE = 4096
+    ALIGN = 256  # every view starts on a 256-byte boundary (any dtype view is legal, copies stay aligned)
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        sizes = [tensor.numel() * tensor.element_size() for tensor in tensors]
+        offsets, total = [], 0
+        for size in sizes:
+            offsets.append(total)
+            total += -(-size // self.ALIGN) * self.ALIGN
+        length = max(-(-total // self.PAGE) * self.PAGE, self.PAGE)
+        raw = torch.empty(length + self.PAGE, dtype=torch.uint8)  # room to start on a page of our own
+        start = -raw.data_ptr() % self.PAGE
+        self.buffer = raw[start:start + length]
+        code = int(torch.cuda.cudart().cudaHostRegister(self.buffer.data_ptr(), length, 0))
+        if code != 0:
+            raise RuntimeError(f"cudaHostRegister of {length / 2 ** 20:.0f} MB failed with CUDA error {code}")
+        self.registered = True
+        self.views = []
+        for tensor, offset, size in zip(tensors, offsets, sizes):
+            view = self.buffer[offset:offset + size].view(tensor.dtype).view(tensor.shape)
+            self.views.append(view.copy_(tensor))
+
+    def __del__(self):
+        if getattr(self, "registered", False):
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+            except Exception:  # interpreter shutdown: nothing left to protect
+                pass
 
 
 @dataclasses.dataclass
@@ -51,6 +99,7 @@ class _Slot:
     name: str
     parameter: bool
     host: torch.Tensor
+    arena: PinnedArena | None = None  # keeps the host copy's memory page-locked
     mark: tuple = ()
 
     def current(self) -> torch.Tensor | None:
@@ -61,8 +110,9 @@ class _Slot:
         tensor = self.current()
         if tensor is None:
             return ()
-        # in-place edits through ``tensor.data`` bump no counter we can see; those through the tensor do
-        return id(tensor), tensor.data_ptr(), tensor._version
+        # in-place edits through ``tensor.data`` bump no counter we can see, those through the tensor do; tensors
+        # made under inference mode (ComfyUI runs nodes in it) have no counter at all
+        return id(tensor), tensor.data_ptr(), 0 if tensor.is_inference() else tensor._version
 
     def point_at(self, tensor: torch.Tensor) -> None:
         if self.parameter:
@@ -107,7 +157,7 @@ class WeightGroup:
 
     def _sync(self) -> None:
         """Take in tensors that are new or changed since the last move (their current value is kept)."""
-        seen = {}
+        seen, new = {}, []
         for module in self.modules():
             for table, parameter in ((module._parameters, True), (module._buffers, False)):
                 for key, tensor in table.items():
@@ -115,9 +165,13 @@ class WeightGroup:
                         continue
                     slot = self.slots.get((id(module), key))
                     if slot is None or slot.changed():
-                        slot = _Slot(module, key, parameter, host_copy(tensor.data, self.pin))
-                        slot.mark = slot.signature()
-                    seen[(id(module), key)] = slot
+                        new.append((module, key, parameter, tensor))
+                    else:
+                        seen[(id(module), key)] = slot
+        copies, arena = host_copies([tensor.data for *_, tensor in new], self.pin)
+        for (module, key, parameter, _), host in zip(new, copies):
+            slot = seen[(id(module), key)] = _Slot(module, key, parameter, host, arena)
+            slot.mark = slot.signature()
         self.slots = seen
 
     def offload(self) -> None:
@@ -258,17 +312,17 @@ def keep_host_copies(model: nn.Module, pin: bool | None = None) -> nn.Module:
     for module in model.modules():
         if _MOVES in module.__dict__ or not (module._parameters or module._buffers):
             continue
+        owned = [(parameter, name, tensor) for table, parameter in ((module._parameters, True),
+                                                                   (module._buffers, False))
+                 for name, tensor in table.items() if tensor is not None]
+        copies, arena = host_copies([tensor.data for *_, tensor in owned], pin)
         slots = {}
-        for table, parameter in ((module._parameters, True), (module._buffers, False)):
-            for name, tensor in list(table.items()):
-                if tensor is None:
-                    continue
-                if tensor.device.type == "cpu":
-                    slots[(parameter, name)] = _adopt(module, name, parameter, tensor, pin)
-                else:  # on a device now: its host copy is made once, the device copy stays in use
-                    slot = _Slot(module, name, parameter, host_copy(tensor.data, pin))
-                    slot.mark = slot.signature()
-                    slots[(parameter, name)] = slot
+        for (parameter, name, tensor), host in zip(owned, copies):
+            slot = slots[(parameter, name)] = _Slot(module, name, parameter, host, arena)
+            if tensor.device.type == "cpu":
+                slot.point_at(host)
+            else:  # on a device now: the device copy stays in use, the host copy waits
+                slot.mark = slot.signature()
         module.__dict__[_MOVES] = (slots, pin)
         module.__dict__["_apply"] = _host_aware_apply.__get__(module)
     return model
@@ -308,6 +362,7 @@ def _host_aware_apply(module: nn.Module, fn, recurse: bool = True):
 
 def _adopt(module: nn.Module, name: str, parameter: bool, tensor: torch.Tensor, pin: bool) -> _Slot:
     """A CPU tensor's value as the new host copy (pinned where asked; no copy when it already is one)."""
-    slot = _Slot(module, name, parameter, host_copy(tensor.data, pin))
-    slot.point_at(slot.host)
+    (host,), arena = host_copies([tensor.data], pin)
+    slot = _Slot(module, name, parameter, host, arena)
+    slot.point_at(host)
     return slot

@@ -152,11 +152,13 @@ class BlockStreamer:
         self.pool = pool if pool is not None else WeightPool(None)
         self.pool.members.append(self)
         self._streamed = set(plan.streamed)
-        self._handles = [model.register_forward_pre_hook(self._before_forward)]
+        # the hooks move memory between streams: torch.compile runs them as they are, outside its graphs
+        outside = torch.compiler.disable
+        self._handles = [model.register_forward_pre_hook(outside(self._before_forward))]
         for index, block in enumerate(self.residency.block_modules):
-            self._handles.append(block.register_forward_pre_hook(self._before_block(index)))
+            self._handles.append(block.register_forward_pre_hook(outside(self._before_block(index))))
             if index in self._streamed:
-                self._handles.append(block.register_forward_hook(self._after_block(index)))
+                self._handles.append(block.register_forward_hook(outside(self._after_block(index))))
 
     def warm_groups(self):
         """What a forward needs first, in run order: the non-block weights, then every resident block and the
