@@ -130,6 +130,12 @@ class _Slot:
     def changed(self) -> bool:
         return self.signature() != self.mark
 
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is the host copy's memory (whatever Parameter object wraps it now)."""
+        host = self.host
+        return (tensor.device.type == "cpu" and tensor.data_ptr() == host.data_ptr() and tensor.dtype == host.dtype
+                and tensor.shape == host.shape)
+
 
 class WeightGroup:
     """The tensors owned by the modules ``modules()`` lists (one block, or the rest of a model), with host copies.
@@ -164,6 +170,8 @@ class WeightGroup:
                     if tensor is None:
                         continue
                     slot = self.slots.get((id(module), key))
+                    if slot is not None and slot.changed() and slot.holds(tensor):
+                        slot.point_at(slot.host)  # the host copy under a new Parameter, or edited in place there
                     if slot is None or slot.changed():
                         new.append((module, key, parameter, tensor))
                     else:
@@ -341,8 +349,10 @@ def _host_aware_apply(module: nn.Module, fn, recurse: bool = True):
             key = (parameter, name)
             target = fn(torch.empty(0, dtype=tensor.dtype))  # where and as what fn puts a tensor
             slot = slots.get(key)
-            if (slot is None or slot.changed()) and tensor.device.type == "cpu":
-                slots[key] = slot = _adopt(module, name, parameter, tensor, pin)  # new or edited on the host
+            if slot is not None and slot.changed() and slot.holds(tensor):
+                slot.point_at(slot.host)  # its host memory under a new Parameter (a host's unpatch) or edited there
+            elif (slot is None or slot.changed()) and tensor.device.type == "cpu":
+                slots[key] = slot = _adopt(module, name, parameter, tensor, pin)  # new, or replaced on the host
             if slot is not None and not slot.changed() and target.dtype == tensor.dtype:
                 if target.device.type == "cpu":
                     slot.point_at(slot.host)  # a device copy is dropped, nothing is copied back

@@ -83,3 +83,16 @@ def test_quantized_codes_and_scales_and_dtype_casts():
     model.to("meta")
     model.to("cpu")
     assert norm.dtype == torch.float64 and torch.equal(model.blocks[0].norm3.weight, want)
+
+
+def test_an_unpatch_wrapping_the_host_copy_in_a_new_parameter_copies_nothing():
+    model = keep_host_copies(tiny_model())
+    linear = model.blocks[0].ffn[0]
+    host_pointer = linear.weight.data_ptr()
+    original = linear._parameters["weight"]
+    linear._parameters["weight"] = nn.Parameter(original.data, requires_grad=False)  # core's set_attr_param(backup)
+    model.to("meta")
+    model.to("cpu")
+    assert linear.weight.data_ptr() == host_pointer
+    slots, _ = linear.__dict__["_wan_express_host_copies"]
+    assert slots[(True, "weight")].host.data_ptr() == host_pointer
