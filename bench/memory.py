@@ -19,9 +19,11 @@ import json
 import pickle
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+import wan_express
 from random_fp8 import fp8_state_dict, quantized_layers
 from wan_express.kernels.quantized import QuantOps
 from wan_express.models import RELEASED_CONFIGS, WanConfig, WanDiT
@@ -175,11 +177,12 @@ def peak_allocations(snapshot: dict, top: int = 15) -> dict:
                 peak, at_peak = total, dict(live)
         elif event["action"] == "free_requested" and event["addr"] in live:
             total -= live.pop(event["addr"])[0]
+    package = str(Path(wan_express.__file__).resolve().parent) + "/"
     by_frame = collections.defaultdict(lambda: [0, 0])
     for size, frames in at_peak.values():
-        ours = [frame for frame in frames if "wan_express" in frame["filename"]]
+        ours = [frame for frame in frames if frame["filename"].startswith(package)]
         frame = (ours or frames or [{"filename": "?", "line": 0, "name": "?"}])[0]
-        where = f"{frame['filename'].rsplit('wan_express/', 1)[-1]}:{frame['line']} {frame['name']}"
+        where = f"{frame['filename'].removeprefix(package)}:{frame['line']} {frame['name']}"
         by_frame[where][0] += size
         by_frame[where][1] += 1
     ranked = sorted(by_frame.items(), key=lambda item: -item[1][0])[:top]
@@ -194,7 +197,7 @@ def snapshot_run(model, config, device, path: str) -> dict:
     feed = inputs(config, LATENTS["720p"], device)
     model(*feed)
     before = reset_peak(device)
-    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
     model(*feed)
     torch.cuda.synchronize()
     snapshot = torch.cuda.memory._snapshot()

@@ -39,3 +39,27 @@ def test_load_time_bench_tiny_times_every_reader_cold_and_warm(tmp_path):
     assert all(run["seconds"] > 0 and run["vs_raw"] > 0 for run in results["runs"])
     assert list(tmp_path.glob("wan_express_load_*")) == []  # the written file is removed
     assert "load_dit -> device" in table
+
+
+def test_peak_allocations_sums_what_is_live_at_the_peak_by_our_own_frame(monkeypatch):
+    import importlib.util
+
+    import wan_express
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ours = {"filename": str(Path(wan_express.__file__).resolve().parent / "models" / "wan_dit.py"), "line": 10,
+            "name": "forward"}
+    torch_frame = {"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"}
+    gib = 2 ** 30
+    trace = [{"action": "alloc", "addr": 1, "size": 2 * gib, "frames": [torch_frame, ours]},
+             {"action": "alloc", "addr": 2, "size": gib, "frames": [torch_frame]},
+             {"action": "free_requested", "addr": 1, "size": 2 * gib},
+             {"action": "free_completed", "addr": 1, "size": 2 * gib},
+             {"action": "alloc", "addr": 3, "size": gib // 2, "frames": [ours]}]
+    found = bench.peak_allocations({"device_traces": [trace]})
+    assert found["recorded_peak_gib"] == 3.0
+    assert found["top"] == [{"where": "models/wan_dit.py:10 forward", "gib": 2.0, "tensors": 1},
+                            {"where": "/site-packages/torch/nn/functional.py:1 linear", "gib": 1.0, "tensors": 1}]
