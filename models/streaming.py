@@ -8,6 +8,13 @@ the next ``prefetch`` streamed blocks start copying on the side stream; after a 
 is dropped. The last blocks of a forward prefetch the first streamed blocks of the next one (weights never change).
 Models sharing a `WeightPool` (a Wan2.2 pair) share the budget: running one drops the other's device copies when
 both do not fit, and `prefetch_weights` loads the next one ahead of an expert switch.
+
+Inside ComfyUI this is not used: core's memory manager owns placement, and its partial loading already streams
+(spec comfyui-native.md §2.3): leaf modules over its budget stay on the CPU with ``comfy_cast_weights`` and our
+native linears fetch their weights per call through ``cast_bias_weight`` (on core's offload stream), without a
+look-ahead. What we add there, for the experts our sampler switches (`nodes.sampler_node.expert_hook`), is
+`residency.keep_host_copies`: their CPU weights are pinned, so core's copies are truly asynchronous, and core's
+offload drops GPU copies instead of copying them back.
 """
 
 from __future__ import annotations
