@@ -9,9 +9,11 @@ from torch import nn
 from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantLinear, QuantOps, QuantScheme
 from wan_express.loaders.dit.quant_targets import block_linear_layers
+from wan_express.models import WanDiT
 from wan_express.models.residency import keep_host_copies
+from wan_express.synthetic import random_dit_weights
 
-from .test_streaming_run import CONFIG, WanDiT, random_dit_weights, run, tiny_model
+from .test_streaming_run import CONFIG, run, tiny_model
 
 
 def test_model_round_trip_through_a_device_is_bit_identical_without_copying_back():
