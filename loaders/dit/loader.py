@@ -122,8 +122,9 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
         ops_factory: builds the operations factory from the quantized-layer table.
         vram_budget_gb: (memory option) at most this many GB of DiT weights on ``device`` at once, both experts
             of a pair together: the weights stay in pinned host memory, what fits is copied in when the model
-            runs (asynchronously, ahead of use), the rest streams block by block (`models.streaming`). None: the
-            weights are placed on ``device`` now.
+            runs (asynchronously, ahead of use), the rest streams block by block (`models.streaming`). The
+            parameters then report the CPU between runs: give ``sample`` the ``device``. None: the weights are
+            placed on ``device`` now.
     """
     return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
                         ops_factory=ops_factory, vram_budget_gb=vram_budget_gb)
