@@ -32,7 +32,7 @@ from wan_express.models.streaming import (DEFAULT_PREFETCH, GIB, WeightPool, blo
                                           stream_blocks)
 
 LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}  # 81 frames
-TINY_CONFIG = WanConfig("t2v", 16, 16, dim=128, ffn_dim=256, num_heads=1, num_layers=4, text_dim=32)
+TINY_CONFIG = WanConfig("t2v", 16, 16, dim=128, ffn_dim=256, num_heads=1, num_layers=5, text_dim=32)
 TINY_LATENT = (3, 8, 12)
 MARGIN_GIB = 1.0  # allocator slack kept free under the cap
 
