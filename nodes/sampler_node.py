@@ -8,7 +8,9 @@ import logging
 import torch
 
 from ..errors import InvalidInputError
+from ..models import WanDiT
 from ..models.latent_spaces import latent_space, to_normalized, to_raw
+from ..models.residency import keep_host_copies
 from ..sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video,
                         sample, text_to_video, ti2v_image_to_video)
 from . import host
@@ -89,8 +91,16 @@ def core_image_conditioning(positive, config, negative_context, clip_fea) -> Con
 
 def expert_hook(models: dict, offload_idle: bool, latent_shape):
     """Expert switch of a Wan2.2 pair through ComfyUI's memory manager: the running expert is loaded (with its LoRA
-    patches), the idle one given back first when ``offload_idle``."""
+    patches), the idle one given back first when ``offload_idle``.
+
+    Our experts keep persistent host copies of their weights (pinned with CUDA, made once: `keep_host_copies`), so
+    core giving one back drops its GPU copy instead of copying ~14 GB (FP8) back to pageable memory, and loading
+    copies from pinned memory with ``non_blocking``; core's own placement decisions (what fits, lowvram) stay its.
+    """
     def hook(active, idle):
+        for network in (active, idle):
+            if isinstance(network, WanDiT):  # core's own Wan network (UNETLoader) moves the ordinary way
+                keep_host_copies(network)
         if offload_idle:
             host.unload_model(models[id(idle)])
         host.load_models([models[id(active)]], latent_shape)

@@ -1,8 +1,11 @@
 """One DiT or a Wan2.2 A14B expert pair (high-noise, low-noise) for a sampler run.
 
-Entry point: `Experts(models, hook)`; `plan(schedule, boundary)` lists the expert of every step and `activate(i)`
-returns that expert, calling `hook(active, idle)` whenever the expert in use changes (and before the first step),
-so a caller can move the idle expert off the GPU (spec sampling.md §3).
+Entry point: `Experts(models, hook)`; `plan(schedule, boundary)` lists the expert of every step and
+`activate(i, step)` returns that expert, calling `hook(active, idle)` whenever the expert in use changes (and before
+the first step), so a caller can move the idle expert off the GPU (spec sampling.md §3). Look-ahead: when ``step``
+is the last one before a switch, the next expert's weights start loading before this step's model call, so the copy
+overlaps it: through ``hook.prefetch(upcoming)`` when the hook has one, else `models.streaming.prefetch_weights`
+(models loaded with a VRAM budget; a no-op for others).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..expert_names import EXPERTS, HIGH, LOW
+from ..models.streaming import prefetch_weights
 
 log = logging.getLogger(__name__)
 
 ExpertHook = Callable[[nn.Module, nn.Module], None]
-"""Called as ``hook(active, idle)`` before the first model call of each expert segment of a two-expert run."""
+"""Called as ``hook(active, idle)`` before the first model call of each expert segment of a two-expert run. A hook
+may also have ``prefetch(upcoming)``, called before the last model call ahead of a switch."""
 
 # Index of each expert in a pair: its place in the run order.
 HIGH_NOISE, LOW_NOISE = EXPERTS.index(HIGH), EXPERTS.index(LOW)
@@ -36,6 +41,7 @@ class Experts:
         self.models = models
         self.hook = hook
         self.active: int | None = None
+        self.steps: list[int] = []
 
     @property
     def pair(self) -> bool:
@@ -44,14 +50,27 @@ class Experts:
     def plan(self, schedule, boundary: float) -> list[int]:
         """Expert index per step: all 0 for one model, else the schedule's switching rule."""
         if not self.pair:
-            return [HIGH_NOISE] * schedule.num_steps
-        return schedule.expert_steps(boundary)
+            self.steps = [HIGH_NOISE] * schedule.num_steps
+        else:
+            self.steps = list(schedule.expert_steps(boundary))
+        return list(self.steps)
 
-    def activate(self, index: int) -> nn.Module:
-        """The model for a step of expert `index`; runs the hook when the pair switches."""
+    def activate(self, index: int, step: int | None = None) -> nn.Module:
+        """The model for a step of expert `index`; runs the hook when the pair switches. With ``step`` (its place
+        in the `plan`), the next expert is prefetched when the step after this one switches."""
         if self.pair and index != self.active:
             log.debug("switching to the %s-noise expert", EXPERTS[index])
             if self.hook is not None:
                 self.hook(self.models[index], self.models[1 - index])
         self.active = index
+        if self.pair and step is not None and step + 1 < len(self.steps) and self.steps[step + 1] != index:
+            self.prefetch(self.models[self.steps[step + 1]])
         return self.models[index]
+
+    def prefetch(self, upcoming: nn.Module) -> None:
+        """Start loading ``upcoming`` ahead of its first step (the hook's ``prefetch``, else the model's own)."""
+        prefetch = getattr(self.hook, "prefetch", None)
+        if prefetch is not None:
+            prefetch(upcoming)
+        else:
+            prefetch_weights(upcoming)

@@ -117,7 +117,7 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
         for step in range(start_step, len(plan)):
             expert = plan[step]
             done = step - start_step + 1
-            model = experts.activate(expert)
+            model = experts.activate(expert, step)  # step: the next expert's look-ahead prefetch
             timestep = conditioning.token_timesteps(timesteps[step:step + 1])
             velocity = _velocity(model, latent, timestep, conditioning, guidance[step],
                                  lambda: _check_interrupt(interrupt, done, total))

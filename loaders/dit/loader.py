@@ -21,6 +21,7 @@ from ...errors import ModelFormatError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
+from ...models.streaming import budgeted
 from ...models.unsupported import refuse_unsupported
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
@@ -100,7 +101,7 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
-             ) -> WanDiT | tuple[WanDiT, WanDiT]:
+             vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run: `plan_dit` then `load_planned`.
 
     Args:
@@ -119,18 +120,29 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
         device: where the weights go; tensors are converted one at a time.
         dtype: dtype of the float matmul weights (bf16 or fp32); fp32 islands stay fp32.
         ops_factory: builds the operations factory from the quantized-layer table.
+        vram_budget_gb: (memory option) at most this many GB of DiT weights on ``device`` at once, both experts
+            of a pair together: the weights stay in pinned host memory, what fits is copied in when the model
+            runs (asynchronously, ahead of use), the rest streams block by block (`models.streaming`). The
+            parameters then report the CPU between runs: give ``sample`` the ``device``. None: the weights are
+            placed on ``device`` now.
     """
     return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
-                        ops_factory=ops_factory)
+                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb)
 
 
 def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                  ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
-                 model_class: type[WanDiT] = WanDiT) -> WanDiT | tuple[WanDiT, WanDiT]:
+                 model_class: type[WanDiT] = WanDiT,
+                 vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair.
 
     ``model_class``: a `WanDiT` subclass to build (a host's adapter with the same parameters), else `WanDiT`.
+    ``vram_budget_gb``: see `load_dit`.
     """
+    if vram_budget_gb is not None:  # memory option: built on the host, run from pinned copies under the budget
+        models = load_planned(plan, device="cpu", dtype=dtype, ops_factory=ops_factory, model_class=model_class)
+        budgeted(models if plan.is_pair else (models,), vram_budget_gb, device)
+        return models
     specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
     models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory, model_class,
