@@ -17,6 +17,7 @@ import math
 import statistics
 
 import torch
+from random_fp8 import scale_like_weight_  # bench/, the script's folder
 
 from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantOps, QuantScheme
@@ -33,16 +34,8 @@ def random_bf16_weights(config, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator("cuda").manual_seed(seed)
     weights = {}
     for key, shape in shapes.items():
-        values = torch.randn(shape, generator=generator, device="cuda", dtype=torch.bfloat16)
-        if "modulation" in key:
-            values.mul_(0.5 / math.sqrt(shape[-1]))
-        elif len(shape) >= 2:
-            values.mul_(1 / math.sqrt(math.prod(shape[1:])))
-        elif key.endswith("weight"):
-            values.mul_(0.1).add_(1)
-        else:
-            values.mul_(0.1)
-        weights[key] = values
+        weights[key] = scale_like_weight_(key, torch.randn(shape, generator=generator, device="cuda",
+                                                          dtype=torch.bfloat16))
     return weights
 
 

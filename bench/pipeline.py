@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 
 import torch
+from random_fp8 import scale_like_weight_  # bench/, the script's folder
 
 from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantOps, QuantScheme
@@ -54,21 +54,12 @@ REAL = {
 
 def random_state(module: torch.nn.Module, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
     """Random official-named tensors for ``module`` (built on the meta device), made on ``device`` in fp32 then
-    cast per tensor to bf16: matrices ~ N(0, 1/fan_in), norm weights ~ 1, modulation and biases small."""
+    cast per tensor to bf16 (`scale_like_weight_`)."""
     generator = torch.Generator(device).manual_seed(seed)
     state = {}
     for key, meta in module.state_dict().items():
-        shape = tuple(meta.shape)
-        values = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-        if "modulation" in key:
-            values.mul_(0.5 / math.sqrt(shape[-1]))
-        elif len(shape) >= 2 and "pos_embedding" not in key and "emb_pos" not in key:
-            values.mul_(1 / math.sqrt(math.prod(shape[1:])))
-        elif key.endswith("weight"):
-            values.mul_(0.1).add_(1)
-        else:
-            values.mul_(0.1)
-        state[key] = values.to(torch.bfloat16)
+        values = torch.randn(tuple(meta.shape), generator=generator, device=device, dtype=torch.float32)
+        state[key] = scale_like_weight_(key, values).to(torch.bfloat16)
     return state
 
 

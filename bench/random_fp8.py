@@ -37,16 +37,23 @@ def fp8_state_dict(config: WanConfig, seed: int = 0) -> dict[str, torch.Tensor]:
             tensors[key.removesuffix("weight") + "weight_scale"] = scale
             continue
         values = torch.randn(shape, generator=generator, device=device, dtype=torch.bfloat16)
-        if "modulation" in key:
-            values.mul_(0.5 / math.sqrt(shape[-1]))
-        elif len(shape) >= 2:
-            values.mul_(1 / math.sqrt(math.prod(shape[1:])))
-        elif key.endswith("weight"):
-            values.mul_(0.1).add_(1)
-        else:
-            values.mul_(0.1)
-        tensors[key] = values.cpu()
+        tensors[key] = scale_like_weight_(key, values).cpu()
     return tensors
+
+
+def scale_like_weight_(key: str, values: torch.Tensor) -> torch.Tensor:
+    """Scale standard normal ``values`` in place for tensor ``key`` so activations stay O(1): matrices
+    ~ N(0, 1/fan_in), norm weights ~ 1, modulation tables, position tables and biases small."""
+    shape = values.shape
+    if "modulation" in key:
+        values.mul_(0.5 / math.sqrt(shape[-1]))
+    elif len(shape) >= 2 and "pos_embedding" not in key and "emb_pos" not in key:
+        values.mul_(1 / math.sqrt(math.prod(shape[1:])))
+    elif key.endswith("weight"):
+        values.mul_(0.1).add_(1)
+    else:
+        values.mul_(0.1)
+    return values
 
 
 def quantized_layers(tensors: dict[str, torch.Tensor]) -> dict[str, QuantScheme]:
