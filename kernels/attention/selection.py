@@ -37,13 +37,13 @@ def choose(option: str, kind: str, device: torch.device, head_dim: int) -> str:
     an attention call of ``kind`` ("self" or "cross") with this head dim on ``device`` under ``option``."""
     if kind not in KINDS:
         raise ValueError(f"attention kind must be one of {KINDS}, not {kind!r}")
+    if option != "auto" and option not in EIGHT_BIT:
+        return option
     capability = compute_capability(device)
     if option == "auto":
         usable = (kind == "self" and head_dim in HEAD_DIMS and capability is not None
                   and capability >= FP8_CAPABILITY and triton_available())
         return "fp8" if usable else SDPA
-    if option not in EIGHT_BIT:
-        return option
     if head_dim not in HEAD_DIMS:
         _warn_once(f"the {option} attention takes head dims {HEAD_DIMS}, not {head_dim}; using PyTorch's SDPA")
         return SDPA
