@@ -22,8 +22,10 @@ from .reference import LOG2E, P_SCALE
 STATS_ROWS = 128  # tokens per step of the statistics kernel
 
 # `_round_e4m3` and `_round_bf16` round fp32 to nearest-even with e4m3's 3 or bf16's 7 mantissa bits by integer
-# arithmetic on the bits (20 or 16 bits dropped), so that the cast after them is exact, on the GPU and in the CPU
-# interpreter (which mis-rounds fp32 -> e4m3 when the rounding carries into the exponent, and truncates bf16 casts).
+# arithmetic on the bits (20 or 16 bits dropped), so that the cast after them is exact in the CPU interpreter too
+# (which mis-rounds fp32 -> e4m3 when the rounding carries into the exponent, and truncates bf16 casts). V's
+# quantization always uses it (one pass); P's only under the interpreter (the hot loop, where the GPU's cast
+# already rounds to nearest-even).
 
 
 @triton.jit
@@ -113,9 +115,10 @@ def _attention_kernel(q_ptr, q_scale_ptr, k_ptr, k_scale_ptr, bias_ptr, v_ptr, v
                       Lq, Lk, H, stride_vb, stride_vh, stride_v_key, stride_v_channel, stride_ob, stride_oh,
                       stride_ol,
                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_PV: tl.constexpr,
-                      P_MAX: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+                      P_MAX: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SOFT_ROUND: tl.constexpr):
     """One tile of BLOCK_M queries of one (batch, head) against all keys. Scores come out of the int8 GEMM in the
-    log2 domain (the softmax scale is in Q's scales), so P = exp2(s - running max)."""
+    log2 domain (the softmax scale is in Q's scales), so P = exp2(s - running max). SOFT_ROUND rounds P with
+    integer arithmetic before its cast (for the CPU interpreter; the GPU's cast rounds to nearest-even itself)."""
     block, bh = tl.program_id(0), tl.program_id(1)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     channels = tl.arange(0, D)
@@ -143,12 +146,17 @@ def _attention_kernel(q_ptr, q_scale_ptr, k_ptr, k_scale_ptr, bias_ptr, v_ptr, v
         if FP8_PV:
             v_t = tl.load(v_base + channels[:, None] * stride_v_channel + keys[None, :].to(tl.int64) * stride_v_key,
                           mask=valid[None, :], other=0)
-            p_codes = _round_e4m3(p * P_MAX).to(tl.float8e4nv)
+            p_scaled = p * P_MAX
+            if SOFT_ROUND:
+                p_scaled = _round_e4m3(p_scaled)
+            p_codes = p_scaled.to(tl.float8e4nv)
             block_pv = tl.dot(p_codes, tl.trans(v_t.to(tl.float8e4nv, bitcast=True)), out_dtype=tl.float32)
         else:
             v = tl.load(v_base + keys[:, None].to(tl.int64) * stride_v_key + channels[None, :] * stride_v_channel,
                         mask=valid[:, None], other=0.0)
-            block_pv = tl.dot(_round_bf16(p).to(tl.bfloat16), v, out_dtype=tl.float32)
+            if SOFT_ROUND:
+                p = _round_bf16(p)
+            block_pv = tl.dot(p.to(tl.bfloat16), v, out_dtype=tl.float32)
         # The block's P·V is summed in fp32 outside the MMA (two-level accumulation).
         acc = acc * alpha[:, None] + block_pv
         running_max = new_max
@@ -201,10 +209,11 @@ def _quantize_v(v: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor
     return codes, scale, mean
 
 
-def sage8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str, config: AttentionConfig) -> torch.Tensor:
+def sage8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str, config: AttentionConfig,
+          soft_round: bool = False) -> torch.Tensor:
     """8-bit attention. q: [B, H, Lq, d], k, v: [B, H, Lk, d] (d 64 or 128; any strides with unit channel stride)
     -> [B, H, Lq, d] bf16, a transposed view of a contiguous [B, Lq, H, d] tensor (what the DiT flattens next).
-    pv: "fp8" (e4m3 P·V) or "bf16"."""
+    pv: "fp8" (e4m3 P·V) or "bf16". soft_round: round P in integer arithmetic (under the CPU interpreter)."""
     q, k, v = _strided(q), _strided(k), _strided(v)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
@@ -223,6 +232,6 @@ def sage8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str, config: At
     _attention_kernel[(triton.cdiv(Lq, config.block_m), B * H)](
         q_codes, q_scale, k_codes, k_scale, key_bias, v_in, v_scale, v_mean, out, Lq, Lk, H, *v_strides,
         out.stride(0), out.stride(1), out.stride(2), D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        FP8_PV=pv == "fp8", P_MAX=P_SCALE, WARP_SPECIALIZE=config.warp_specialize,
+        FP8_PV=pv == "fp8", P_MAX=P_SCALE, WARP_SPECIALIZE=config.warp_specialize, SOFT_ROUND=soft_round,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
