@@ -72,8 +72,9 @@ def _channel_stats_kernel(x_ptr, mean_ptr, amax_ptr, L, H, stride_b, stride_h, s
 def _quantize_qk_kernel(x_ptr, mean_ptr, codes_ptr, scale_ptr, q_mean_ptr, bias_ptr, L, H, stride_b, stride_h,
                         stride_l, extra_scale, bias_scale, D: tl.constexpr, BLOCK: tl.constexpr,
                         BIAS: tl.constexpr, AMAX_FLOOR: tl.constexpr):
-    """One tile of BLOCK rows minus the channel means -> int8 codes [B*H, L, D] and one scale (times
-    ``extra_scale``); with BIAS also ``bias_scale * q_mean · row`` per row (K's tiles)."""
+    """One tile of BLOCK rows minus the channel means -> int8 codes [B*H, L padded to BLOCK, D] (zero past L) and
+    one scale (times ``extra_scale``); with BIAS also ``bias_scale * q_mean · row`` per row (K's tiles), -inf past
+    L so that padding keys get no weight without a mask in the attention loop."""
     block, bh = tl.program_id(0), tl.program_id(1)
     rows = block * BLOCK + tl.arange(0, BLOCK)
     channels = tl.arange(0, D)
@@ -84,18 +85,19 @@ def _quantize_qk_kernel(x_ptr, mean_ptr, codes_ptr, scale_ptr, q_mean_ptr, bias_
     scale = tl.maximum(tl.max(tl.max(tl.abs(centred), axis=1), axis=0), AMAX_FLOOR) / 127.0
     # Adding and removing 1.5 * 2**23 rounds to the nearest integer with ties to even (torch.round's rule).
     codes = ((centred / scale + 12582912.0) - 12582912.0).to(tl.int8)
-    out_rows = bh.to(tl.int64) * L + rows
-    tl.store(codes_ptr + out_rows[:, None] * D + channels[None, :], codes, mask=inside)
+    out_rows = bh.to(tl.int64) * tl.num_programs(0) * BLOCK + rows
+    tl.store(codes_ptr + out_rows[:, None] * D + channels[None, :], codes)
     tl.store(scale_ptr + bh * tl.num_programs(0) + block, scale * extra_scale)
     if BIAS:
         q_mean = tl.load(q_mean_ptr + bh * D + channels)
-        tl.store(bias_ptr + out_rows, tl.sum(centred * q_mean[None, :], axis=1) * bias_scale, mask=rows < L)
+        bias = tl.sum(centred * q_mean[None, :], axis=1) * bias_scale
+        tl.store(bias_ptr + out_rows, tl.where(rows < L, bias, float("-inf")))
 
 
 @triton.jit
 def _quantize_v_kernel(v_ptr, mean_ptr, scale_ptr, codes_ptr, L, L_PAD, H, stride_b, stride_h, stride_l,
                        D: tl.constexpr, BLOCK: tl.constexpr):
-    """(v - mean) / scale per channel as e4m3 codes, stored transposed: [B*H, D, L_PAD]."""
+    """(v - mean) / scale per channel as e4m3 codes, stored transposed: [B*H, D, L_PAD] (zero past L)."""
     block, bh = tl.program_id(0), tl.program_id(1)
     rows = block * BLOCK + tl.arange(0, BLOCK)
     channels = tl.arange(0, D)
@@ -104,10 +106,10 @@ def _quantize_v_kernel(v_ptr, mean_ptr, scale_ptr, codes_ptr, L, L_PAD, H, strid
     tile = tl.load(base + rows[:, None].to(tl.int64) * stride_l + channels[None, :], mask=inside, other=0.0)
     scaled = (tile.to(tl.float32) - tl.load(mean_ptr + bh * D + channels)[None, :]) \
         / tl.load(scale_ptr + bh * D + channels)[None, :]
-    scaled = tl.minimum(tl.maximum(scaled, -448.0), 448.0)
+    scaled = tl.where(inside, tl.minimum(tl.maximum(scaled, -448.0), 448.0), 0.0)
     codes = _round_e4m3(scaled).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
     out = codes_ptr + bh.to(tl.int64) * D * L_PAD + channels[None, :] * L_PAD + rows[:, None]
-    tl.store(out, codes, mask=inside)
+    tl.store(out, codes)
 
 
 @triton.jit
@@ -122,30 +124,28 @@ def _attention_kernel(q_ptr, q_scale_ptr, k_ptr, k_scale_ptr, bias_ptr, v_ptr, v
     block, bh = tl.program_id(0), tl.program_id(1)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     channels = tl.arange(0, D)
-    q = tl.load(q_ptr + (bh.to(tl.int64) * Lq + rows[:, None]) * D + channels[None, :], mask=rows[:, None] < Lq,
-                other=0)
+    # Q, K and the key bias are padded to whole tiles (K's bias is -inf past Lk): no masks but on a bf16 V.
+    q = tl.load(q_ptr + (bh.to(tl.int64) * tl.num_programs(0) * BLOCK_M + rows[:, None]) * D + channels[None, :])
     q_scale = tl.load(q_scale_ptr + bh * tl.num_programs(0) + block)
-    k_base = k_ptr + bh.to(tl.int64) * Lk * D
+    k_blocks = tl.cdiv(Lk, BLOCK_N)
+    k_base = k_ptr + bh.to(tl.int64) * k_blocks * BLOCK_N * D
+    bias_base = bias_ptr + bh.to(tl.int64) * k_blocks * BLOCK_N
     v_base = v_ptr + (bh // H).to(tl.int64) * stride_vb + (bh % H).to(tl.int64) * stride_vh
     running_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    k_blocks = tl.cdiv(Lk, BLOCK_N)
     for step in tl.range(0, k_blocks, warp_specialize=WARP_SPECIALIZE):
         keys = step * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid = keys < Lk
-        k_t = tl.load(k_base + keys[None, :].to(tl.int64) * D + channels[:, None], mask=valid[None, :], other=0)
+        k_t = tl.load(k_base + keys[None, :].to(tl.int64) * D + channels[:, None])
         scores = tl.dot(q, k_t, out_dtype=tl.int32).to(tl.float32)
         k_scale = tl.load(k_scale_ptr + bh * k_blocks + step)
-        bias = tl.load(bias_ptr + bh.to(tl.int64) * Lk + keys, mask=valid, other=0.0)
-        scores = tl.where(valid[None, :], scores * (q_scale * k_scale) + bias[None, :], float("-inf"))
+        scores = scores * (q_scale * k_scale) + tl.load(bias_base + keys)[None, :]
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         alpha = tl.exp2(running_max - new_max)
         p = tl.exp2(scores - new_max[:, None])
         running_sum = running_sum * alpha + tl.sum(p, axis=1)
         if FP8_PV:
-            v_t = tl.load(v_base + channels[:, None] * stride_v_channel + keys[None, :].to(tl.int64) * stride_v_key,
-                          mask=valid[None, :], other=0)
+            v_t = tl.load(v_base + channels[:, None] * stride_v_channel + keys[None, :].to(tl.int64) * stride_v_key)
             p_scaled = p * P_MAX
             if SOFT_ROUND:
                 p_scaled = _round_e4m3(p_scaled)
@@ -153,7 +153,7 @@ def _attention_kernel(q_ptr, q_scale_ptr, k_ptr, k_scale_ptr, bias_ptr, v_ptr, v
             block_pv = tl.dot(p_codes, tl.trans(v_t.to(tl.float8e4nv, bitcast=True)), out_dtype=tl.float32)
         else:
             v = tl.load(v_base + keys[:, None].to(tl.int64) * stride_v_key + channels[None, :] * stride_v_channel,
-                        mask=valid[:, None], other=0.0)
+                        mask=keys[:, None] < Lk, other=0.0)
             if SOFT_ROUND:
                 p = _round_bf16(p)
             block_pv = tl.dot(p.to(tl.bfloat16), v, out_dtype=tl.float32)
@@ -187,9 +187,9 @@ def _quantize_qk(x: torch.Tensor, mean: torch.Tensor, block: int, extra_scale: f
                  q_mean: torch.Tensor | None = None, bias_scale: float = 1.0):
     B, H, L, D = x.shape
     blocks = triton.cdiv(L, block)
-    codes = torch.empty(B, H, L, D, dtype=torch.int8, device=x.device)
+    codes = torch.empty(B, H, blocks * block, D, dtype=torch.int8, device=x.device)
     scale = torch.empty(B, H, blocks, dtype=torch.float32, device=x.device)
-    bias = torch.empty(B, H, L, dtype=torch.float32, device=x.device) if q_mean is not None else None
+    bias = torch.empty(B, H, blocks * block, dtype=torch.float32, device=x.device) if q_mean is not None else None
     _quantize_qk_kernel[(blocks, B * H)](x, mean, codes, scale, q_mean if bias is not None else mean,
                                          bias if bias is not None else scale, L, H, x.stride(0), x.stride(1),
                                          x.stride(2), extra_scale, bias_scale, D=D, BLOCK=block,
@@ -198,11 +198,11 @@ def _quantize_qk(x: torch.Tensor, mean: torch.Tensor, block: int, extra_scale: f
 
 
 def _quantize_v(v: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """V -> e4m3 codes [B, H, D, L padded to 16] (as uint8), per-channel scale and mean [B, H, D]."""
+    """V -> e4m3 codes [B, H, D, L padded to whole blocks] (as uint8), per-channel scale and mean [B, H, D]."""
     B, H, L, D = v.shape
     mean, amax = _channel_stats(v, amax=True)
     scale = amax.clamp_min_(MIN_AMAX).div_(QMAX["fp8_e4m3"])
-    padded = triton.cdiv(L, 16) * 16
+    padded = triton.cdiv(L, block) * block
     codes = torch.empty(B, H, D, padded, dtype=torch.uint8, device=v.device)
     _quantize_v_kernel[(triton.cdiv(L, block), B * H)](v, mean, scale, codes, L, padded, H, v.stride(0),
                                                         v.stride(1), v.stride(2), D=D, BLOCK=block)
