@@ -12,8 +12,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import attention as attention_kernels
 from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
 
 
@@ -24,15 +24,8 @@ class CastLinear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
-# The attention choice of the loaders: PyTorch's SDPA picks its kernel ("auto"), or one kernel is asked for (math
-# stays allowed as the fallback where that kernel cannot run, e.g. flash on a CPU or for fp32 inputs).
-ATTENTION_BACKENDS = {
-    "auto": None,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "math": SDPBackend.MATH,
-}
+# The attention option of the loaders (see `kernels.attention.selection`).
+ATTENTION_BACKENDS = attention_kernels.ATTENTION_OPTIONS
 
 
 class TorchOps:
@@ -40,7 +33,7 @@ class TorchOps:
 
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
-    ``attention_backend``: a key of `ATTENTION_BACKENDS`.
+    ``attention_backend``: one of `ATTENTION_BACKENDS`.
     """
 
     attention_backend = "auto"
@@ -82,10 +75,7 @@ class TorchOps:
         rather than a fused quantization of it (a LoRA side branch). The reference never quantizes: itself."""
         return self
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""
-        kernel = ATTENTION_BACKENDS[self.attention_backend]
-        if kernel is None:
-            return F.scaled_dot_product_attention(q, k, v)
-        with sdpa_kernel([kernel, SDPBackend.MATH]):
-            return F.scaled_dot_product_attention(q, k, v)
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "self") -> torch.Tensor:
+        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]; kind: "self"
+        or "cross" (the "auto" option treats them differently)."""
+        return attention_kernels.attention(q, k, v, self.attention_backend, kind)

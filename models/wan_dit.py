@@ -134,7 +134,7 @@ class WanSelfAttention(nn.Module):
         v = self.v(x).unflatten(-1, (self.num_heads, -1))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         heads = [t.transpose(1, 2).to(compute_dtype) for t in (q, k, v)]
-        out = self.ops.attention(*heads).transpose(1, 2).flatten(2)
+        out = self.ops.attention(*heads, kind="self").transpose(1, 2).flatten(2)
         return self.o(out)
 
 
@@ -158,7 +158,7 @@ class WanCrossAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute_dtype: torch.dtype):
         k = k.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
         v = v.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
-        return self.ops.attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.ops.attention(q, k, v, kind="cross").transpose(1, 2).flatten(2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
         """x: [B, S, D]; context: [B, image_tokens + 512, D] (image tokens first) -> [B, S, D]."""
