@@ -2,7 +2,8 @@
 
 The model never constructs a Linear, an attention call or an activation-producing op itself: it asks an
 `Ops` object. `TorchOps` is the plain PyTorch reference; quantized and fused variants subclass it and are
-injected at construction, so the network code stays the same for every precision.
+injected at construction, so the network code stays the same for every precision. The fused non-GEMM ops
+(`kernels.fused`: q/k RMSNorm + RoPE + cast, the gated residual) are shared by every factory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention as attention_kernels
+from . import fused
 from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
 
 
@@ -33,10 +35,17 @@ class TorchOps:
 
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
-    ``attention_backend``: one of `ATTENTION_BACKENDS`.
+    ``attention_backend``: one of `ATTENTION_BACKENDS`. ``ffn_chunk_tokens``: run the FFN (its LayerNorm +
+    modulation, both linears, the GELU and the gated residual) over slices of this many tokens when the sequence is
+    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Rows
+    are independent, so the result is the same as one pass.
     """
 
     attention_backend = "auto"
+    ffn_chunk_tokens = 0
+
+    def __init__(self, ffn_chunk_tokens: int = 0):
+        self.ffn_chunk_tokens = ffn_chunk_tokens
 
     def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
         """A Linear layer; its state-dict keys must be ``weight`` (+ ``bias``) plus any scales it declares."""
@@ -64,6 +73,28 @@ class TorchOps:
         norm's own name where it feeds none.
         """
         return rms_norm_reference(x, weight, eps)
+
+    # The fused ops below feed attention or the residual, never a Linear, so no factory varies them per layer: they
+    # take no layer name (and a compiled block reads no per-block string).
+    def qk_norm_rope(self, x: torch.Tensor, weight: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     eps: float, dtype: torch.dtype) -> torch.Tensor:
+        """Self-attention q or k: Wan's RMSNorm over all heads, RoPE, cast to ``dtype`` in one pass
+        (`fused.qk_norm_rope`). x: [B, L, D] projection output; weight: [D]; rope: cos, sin [L, d/2] -> [B, L, D]."""
+        return fused.qk_norm_rope(x, weight, *rope, eps, dtype)
+
+    def qk_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+        """Cross-attention q or k: Wan's RMSNorm then cast to ``dtype`` (`fused.qk_norm`). x: [B, L, D] -> same."""
+        return fused.qk_norm(x, weight, eps, dtype)
+
+    def gated_residual_(self, residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> None:
+        """``residual += gate * update`` in place (`fused.gated_residual_`). residual: [B, S, D] fp32 stream
+        (slices of it included); update: [B, S, D]; gate: [B, 1 or S, D] or None for an ungated add."""
+        fused.gated_residual_(residual, update, gate)
+
+    def token_chunks(self, tokens: int) -> list[slice]:
+        """The token slices the FFN runs over (``ffn_chunk_tokens``): one slice unless the sequence is longer."""
+        step = self.ffn_chunk_tokens if 0 < self.ffn_chunk_tokens < tokens else tokens
+        return [slice(start, min(start + step, tokens)) for start in range(0, tokens, max(step, 1))]
 
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""
