@@ -106,6 +106,12 @@ class TorchOps:
         rather than a fused quantization of it (a LoRA side branch). The reference never quantizes: itself."""
         return self
 
+    def for_block(self, prefix: str) -> "TorchOps":
+        """These operations as a block's forward calls them: ``name`` relative to the block ``prefix`` (``ffn.0`` in
+        ``blocks.3``), so that the forward reads no per-block string (a compiled block then serves every block).
+        The reference ignores names: itself."""
+        return self
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "self") -> torch.Tensor:
         """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]; kind: "self"
         or "cross" (the "auto" option treats them differently)."""
