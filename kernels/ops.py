@@ -37,8 +37,10 @@ class TorchOps:
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
     ``attention_backend``: one of `ATTENTION_BACKENDS`. ``ffn_chunk_tokens``: run the FFN (its LayerNorm +
     modulation, both linears, the GELU and the gated residual) over slices of this many tokens when the sequence is
-    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Rows
-    are independent, so the result is the same as one pass.
+    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Every op
+    of the FFN works row by row, so the result is bit-identical to one pass wherever the GEMM library computes a row
+    the same way at every row count (the CPU one does for multiples of 16 rows; elsewhere a different kernel choice
+    for the smaller GEMMs changes only their rounding).
     """
 
     attention_backend = "auto"

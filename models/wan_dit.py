@@ -364,7 +364,8 @@ class WanDiT(nn.Module):
         tokens = self.patch_embedding(x)
         grid = tuple(tokens.shape[2:])
         # the residual stream, one contiguous fp32 copy that the blocks update in place
-        tokens = tokens.flatten(2).transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        tokens = torch.empty(batch, tokens[0, 0].numel(), cfg.dim, device=tokens.device).copy_(
+            tokens.flatten(2).transpose(1, 2))
         time = self._embed_time(t.to(tokens.device), batch, tokens.shape[1])
         context = self._embed_context(context.to(tokens.device), clip_fea, batch)
         rope = self._rope(grid, tokens.device)
