@@ -26,7 +26,7 @@ from wan_express.loaders.lora.merge import AppliedLora
 from wan_express.models import WanDiT
 from wan_express.synthetic import TINY_CONFIG, random_weights_
 
-CONFIG = dataclasses.replace(TINY_CONFIG, num_layers=3)
+CONFIG = dataclasses.replace(TINY_CONFIG, num_layers=2)
 SCHEMES = {"fp8": QuantScheme("fp8_e4m3"), "int8": QuantScheme("int8")}
 TOLERANCE = 1e-5  # max abs error / max |output|: the same ops in the same order, only the capture differs
 
@@ -87,8 +87,7 @@ def test_a_quantized_block_and_the_whole_forward_trace_without_graph_breaks(code
         whole.graphs[0].graph)
 
 
-@pytest.mark.parametrize("codes", sorted(SCHEMES))
-@pytest.mark.parametrize("mode", ["block", "full"])
+@pytest.mark.parametrize("codes, mode", [("fp8", "block"), ("int8", "full")])
 def test_compiled_output_matches_eager_with_one_graph_for_every_block(codes, mode):
     model = quantized_model(codes)
     want = warm_up(model, *inputs())
@@ -96,7 +95,7 @@ def test_compiled_output_matches_eager_with_one_graph_for_every_block(codes, mod
     assert compile_dit(model, mode, backend=counter) is model
     with torch.no_grad():
         first, again = model(*inputs()), model(*inputs())
-    assert counter.frame_count == 1  # block mode: the three blocks share one graph (no per-block recompile)
+    assert counter.frame_count == 1  # block mode: both blocks share one graph (no per-block recompile)
     assert relative_error(first, want) <= TOLERANCE and torch.equal(first, again)
     assert set(model.state_dict()) == set(quantized_model(codes).state_dict())
 
