@@ -42,15 +42,13 @@ def test_auto_is_sdpa_off_cuda_for_both_kinds():
         assert selection.choose("auto", kind, torch.device("cpu"), 128) == "sdpa"
 
 
-@pytest.mark.skipif(not triton_available(), reason="the 8-bit kernel needs Triton on a GPU")
-@pytest.mark.parametrize("capability, self_choice", [((9, 0), "fp8"), ((8, 9), "fp8"), ((8, 6), "sdpa"),
-                                                     ((10, 0), "fp8")])
-def test_auto_takes_fp8_8_bit_self_attention_from_sm_8_9(gpu_generation, capability, self_choice):
+@pytest.mark.parametrize("capability", [(9, 0), (8, 9), (8, 6), (10, 0)])
+def test_auto_stays_with_sdpa_on_every_gpu_generation(gpu_generation, capability):
+    """The 8-bit kernel measured slower than cuDNN's SDPA on an H200, so auto does not pick it (sage8 does)."""
     gpu_generation(capability)
-    assert selection.choose("auto", "self", CUDA, 128) == self_choice
-    assert selection.choose("auto", "self", CUDA, 64) == self_choice
-    assert selection.choose("auto", "cross", CUDA, 128) == "sdpa"
-    assert selection.choose("auto", "self", CUDA, 80) == "sdpa"  # a head dim the kernel has no tiles for
+    for kind in selection.KINDS:
+        for head_dim in (64, 128, 80):
+            assert selection.choose("auto", kind, CUDA, head_dim) == "sdpa"
 
 
 @pytest.mark.skipif(not triton_available(), reason="the 8-bit kernel needs Triton on a GPU")
