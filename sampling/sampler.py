@@ -52,7 +52,8 @@ def _block_checks(models: Sequence[nn.Module], interrupt: InterruptCheck | None)
         for model in models:
             for index, block in enumerate(getattr(model, "blocks", None) or ()):
                 module_index[id(block)] = index
-                handles.append(block.register_forward_pre_hook(before_block))
+                # first, so a streamed block is not copied in for a run that stops before it
+                handles.append(block.register_forward_pre_hook(before_block, prepend=True))
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ tensors are dropped. The OOM is torch's own exception, raised on CPU from a torc
 the load makes) or from a block's forward hook."""
 
 import gc
+import traceback
 import weakref
 
 import pytest
@@ -85,3 +86,22 @@ def test_out_of_memory_while_sampling_leaves_the_model_usable(model):
     assert all(remedy in str(caught.value) for remedy in REMEDIES)
     assert all(ref() is None for ref in seen)
     assert torch.equal(run(model), reference)
+
+
+def test_the_sampler_node_shows_the_out_of_memory_as_its_sentence(model):
+    """Outside ComfyUI the node runs the library directly; its error carries no frames from deep inside."""
+    from wan_express.nodes import NODE_CLASS_MAPPINGS
+
+    def full_gpu(module, args):
+        raise oom()
+
+    context = torch.randn(1, 7, TINY_CONFIG.text_dim, generator=torch.Generator().manual_seed(1))
+    handle = model.blocks[0].register_forward_pre_hook(full_gpu)
+    try:
+        with pytest.raises(OutOfGpuMemoryError, match="while sampling") as caught:
+            NODE_CLASS_MAPPINGS["WanExpressSampler"]().generate(
+                model, [[context, {}]], 32, 32, 5, 0, "distill", "1000,750,500,250", 40, 5.0, 1.0, "cpu", True)
+    finally:
+        handle.remove()
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert [frame.name for frame in frames][1:] == ["run"], frames  # below the test: the node wrapper alone
