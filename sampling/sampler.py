@@ -2,10 +2,10 @@
 
 Entry point: `sample(models, conditioning, *, schedule, seed, ...) -> latent [1, C, T, H, W]`. Schedules are
 `DistillSchedule` (LightX2V 4-step), `FlowUniPC` (official default) and `FlowEuler`; conditionings come from
-`sampling.conditioning`. The loop checks for an interrupt before every model call and stops with an error naming the
-step as soon as the latent holds NaN or Inf (`numerics.check_latent`), and before every DiT block (a forward
-pre-hook on ``blocks``, removed after the run). A failure clears the run's tensors and empties the GPU cache; a
-CUDA out-of-memory becomes `OutOfGpuMemoryError` naming the remedies (`failures.guarded`).
+`sampling.conditioning`. The loop checks for an interrupt before every model call and before every DiT block (a
+forward pre-hook on ``blocks``, removed after the run), and stops with an error naming the step as soon as the latent
+holds NaN or Inf (`numerics.check_latent`). A failure clears the run's tensors and empties the GPU cache; a CUDA
+out-of-memory becomes `OutOfGpuMemoryError` naming the remedies (`failures.guarded`).
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def _check_interrupt(interrupt: InterruptCheck | None, step: int, total: int) ->
 @contextlib.contextmanager
 def _block_checks(models: Sequence[nn.Module], interrupt: InterruptCheck | None) -> Iterator[None]:
     """Ask ``interrupt`` before every DiT block of ``models`` (those with a ``blocks`` list) while the run lasts."""
-    handles = []
+    handles, module_index = [], {}
+
+    def before_block(module, args) -> None:
+        if interrupt():
+            raise SamplingInterrupted(f"sampling interrupted before DiT block {module_index[id(module)]}")
+
     if interrupt is not None:
-        def before_block(module, args) -> None:
-            if interrupt():
-                raise SamplingInterrupted(f"sampling interrupted before DiT block {module_index[id(module)]}")
-        module_index = {}
         for model in models:
             for index, block in enumerate(getattr(model, "blocks", None) or ()):
                 module_index[id(block)] = index
