@@ -33,8 +33,20 @@ class NonFiniteLatentError(WanExpressError):
     """The latent became NaN or Inf during sampling."""
 
 
-class SamplingInterrupted(WanExpressError):
-    """The interrupt check asked the sampler to stop."""
+class NonFiniteOutputError(WanExpressError):
+    """The VAE decoded NaN or Inf pixels."""
+
+
+class OutOfGpuMemoryError(WanExpressError):
+    """The GPU ran out of memory while loading or running a model; the message names the remedies."""
+
+
+class Interrupted(WanExpressError):
+    """An interrupt check asked a load, a sampler run, a VAE pass or an export to stop."""
+
+
+class SamplingInterrupted(Interrupted):
+    """The interrupt check asked the sampler (or a VAE pass) to stop."""
 
 
 class UnsupportedVariantError(UnsupportedModelError):

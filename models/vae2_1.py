@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, SamplingInterrupted
+from ..numerics import check_pixels
 from .vae_layers import AttentionBlock, CausalConv3d, FrameCache, Resample, ResidualBlock, RMSNorm, run_sequence
 
 log = logging.getLogger(__name__)
@@ -183,13 +184,14 @@ class WanVAE(nn.Module):
         if tiled is None:
             tiled = self.tiles_by_default(latent.shape)
         if not tiled:
-            return self._decode_whole(mu, ChunkSteps("decode", mu.shape[2], progress, interrupt)).clamp_(-1, 1)
+            video = self._decode_whole(mu, ChunkSteps("decode", mu.shape[2], progress, interrupt))
+            return check_pixels(video).clamp_(-1, 1)
         tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile or (self.default_tile,) * 2)
         overlap = self.default_overlap if overlap is None else overlap
         if min(tile_hw) < 1 or not 0 <= overlap < min(tile_hw):
             raise InvalidInputError(f"tiled decode needs tile >= 1 and 0 <= overlap < tile, got tile {tile_hw} "
                                     f"and overlap {overlap} (latent positions)")
-        return self._decode_tiled(mu, tile_hw, overlap, progress, interrupt).clamp_(-1, 1)
+        return check_pixels(self._decode_tiled(mu, tile_hw, overlap, progress, interrupt)).clamp_(-1, 1)
 
     def tiles_by_default(self, latent_shape) -> bool:
         """Whether ``decode(tiled=None)`` tiles a latent [B, z, n, h, w]: frames above `AUTO_TILE_PIXELS`."""

@@ -50,9 +50,9 @@ def _in_users_words(function):
     def run(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except WanExpressError as error:
+        except WanExpressError as error:  # shown as its sentence: the frames below say nothing to a user
             error.args = (host.user_paths(str(error)), *error.args[1:])
-            raise
+            raise error.with_traceback(None) from None
     return run
 
 

@@ -16,6 +16,7 @@ from ..errors import MissingComponentError
 from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
 from ..loaders.components import TOKENIZER_DIR, TOKENIZER_FILE
 from ..models.latent_spaces import to_normalized, to_raw
+from ..sampling.failures import guarded
 from . import host
 from .values import DTYPES, TEXT_LEN, image_of
 
@@ -245,7 +246,8 @@ class WanExpressVAEEncode:
     def encode(self, vae, images: torch.Tensor):
         host.bring(vae)
         video = images[..., :3].permute(3, 0, 1, 2)[None].float() * 2 - 1  # [1, 3, N, H, W] in [-1, 1]
-        latent = vae.encode(video, progress=host.progress_bar(), interrupt=host.interrupt_check())
+        latent = guarded("encoding with the VAE", vae.encode, video, progress=host.progress_bar(),
+                         interrupt=host.interrupt_check())
         return ({"samples": to_raw(latent).cpu()},)
 
 
@@ -280,8 +282,9 @@ class WanExpressVAEDecode:
 
     def decode(self, vae, samples: dict, tiled: str = "auto", tile: int = 512):
         host.bring(vae)
-        video = vae.decode(to_normalized(samples["samples"]), tiled={"auto": None, "on": True, "off": False}[tiled],
-                           tile=max(1, tile // vae.stride[1]), progress=host.progress_bar(),
-                           interrupt=host.interrupt_check())  # [B, 3, F, H, W] in [-1, 1]
+        video = guarded("decoding with the VAE (tiled 'on' with a smaller tile needs less)", vae.decode,
+                        to_normalized(samples["samples"]), tiled={"auto": None, "on": True, "off": False}[tiled],
+                        tile=max(1, tile // vae.stride[1]), progress=host.progress_bar(),
+                        interrupt=host.interrupt_check())  # [B, 3, F, H, W] in [-1, 1]
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # [B*F, H, W, 3]
         return (((frames + 1) / 2).clamp(0, 1).float().cpu(),)

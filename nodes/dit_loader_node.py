@@ -130,7 +130,7 @@ class WanExpressDiTLoader:
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
         built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
                              ops_factory=lambda layers: NativeOps(layers, attention=attention),
-                             model_class=NativeWanDiT)
+                             model_class=NativeWanDiT, interrupt=host.interrupt_check())
         experts = built if plan.is_pair else (built,)
         models = [core_model(compile_dit(expert, compile)) for expert in experts]
         return (models[0], models[1] if plan.is_pair else None)

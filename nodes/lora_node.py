@@ -8,7 +8,8 @@ clone of the model, so the cached model is never modified:
 - ``live``: each low-rank pair runs beside its linear (``x·downᵀ·upᵀ·scale·strength``, an object patch of the
   linear's forward), so quantized codes stay exactly as stored, at a small cost per step; full diffs still merge.
 Modulation deltas (``diff_m``), which core's patcher never applies to these non-leaf parameters, become object
-patches of the parameter.
+patches of the parameter. Values a patch starts from are read through the clone (``get_model_object``): the shared
+network may hold another clone's patches at that moment.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def apply_lora(model, spec: LoraSpec, live: bool = False):
     added = clone.add_patches(patches, spec.strength)
     for key, delta in modulation.items():
         name = PREFIX + key
-        current = clone.object_patches.get(name, network.get_parameter(key))
+        current = clone.get_model_object(name)  # the clone's own value, never another clone's patch in place now
         clone.add_object_patch(name, torch.nn.Parameter(current.detach() + delta.to(current), requires_grad=False))
     missed = sorted({key.removeprefix(PREFIX) for key in patches} - {key.removeprefix(PREFIX) for key in added})
     unmatched = [*plan.skipped, *missed]
@@ -162,7 +163,7 @@ def _feed_float_inputs(clone, network, branches) -> None:
         if not names:
             continue
         ops_key = f"{PREFIX}blocks.{index}.ops"
-        ops = clone.object_patches.get(ops_key, block.ops).float_inputs(names)
+        ops = clone.get_model_object(ops_key).float_inputs(names)
         clone.add_object_patch(ops_key, ops)
         if f"{block.name}.ffn.2" in names:
             clone.add_object_patch(f"{PREFIX}blocks.{index}.ffn.1", ops.gelu_tanh(name=f"{block.name}.ffn.2"))

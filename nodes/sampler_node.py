@@ -13,6 +13,7 @@ from ..models.latent_spaces import latent_space, to_normalized, to_raw
 from ..models.residency import keep_host_copies
 from ..sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, first_last_to_video, image_to_video,
                         sample, text_to_video, ti2v_image_to_video)
+from ..sampling.failures import guarded
 from . import host
 from .native import network_of
 from .values import TEXT_LEN, image_of
@@ -237,7 +238,7 @@ class WanExpressSampler:
             hook = expert_hook({id(n): p for n, p in zip(networks, patchers)}, offload_idle_expert, shape)
         else:
             hook = None
-            host.load_models(patchers, shape)
+            guarded("loading the DiT onto the GPU", host.load_models, patchers, shape)
         result = sample(networks if len(networks) == 2 else networks[0], conditioning, schedule=plan, seed=seed,
                         noise_source=noise_source, device=device,
                         progress=host.progress_callback(plan.num_steps - start_step), interrupt=host.interrupt_check(),

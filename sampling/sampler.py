@@ -2,23 +2,28 @@
 
 Entry point: `sample(models, conditioning, *, schedule, seed, ...) -> latent [1, C, T, H, W]`. Schedules are
 `DistillSchedule` (LightX2V 4-step), `FlowUniPC` (official default) and `FlowEuler`; conditionings come from
-`sampling.conditioning`. The loop checks for an interrupt before every model call and stops with an error naming the
-step as soon as the latent holds NaN or Inf.
+`sampling.conditioning`. The loop checks for an interrupt before every model call and before every DiT block (a
+forward pre-hook on ``blocks``, removed after the run), and stops with an error naming the step as soon as the latent
+holds NaN or Inf (`numerics.check_latent`). A failure clears the run's tensors and empties the GPU cache; a CUDA
+out-of-memory becomes `OutOfGpuMemoryError` naming the remedies (`failures.guarded`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, NonFiniteLatentError, SamplingInterrupted
+from ..errors import InvalidInputError, SamplingInterrupted
 from ..expert_names import EXPERTS
 from .conditioning import Conditioning
 from .experts import ExpertHook, Experts
+from .failures import guarded
 from .noise import initial_noise
+from ..numerics import check_latent
 from .schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,28 @@ InterruptCheck = Callable[[], bool]
 def _check_interrupt(interrupt: InterruptCheck | None, step: int, total: int) -> None:
     if interrupt is not None and interrupt():
         raise SamplingInterrupted(f"sampling interrupted before the model call of step {step}/{total}")
+
+
+@contextlib.contextmanager
+def _block_checks(models: Sequence[nn.Module], interrupt: InterruptCheck | None) -> Iterator[None]:
+    """Ask ``interrupt`` before every DiT block of ``models`` (those with a ``blocks`` list) while the run lasts."""
+    handles, module_index = [], {}
+
+    def before_block(module, args) -> None:
+        if interrupt():
+            raise SamplingInterrupted(f"sampling interrupted before DiT block {module_index[id(module)]}")
+
+    if interrupt is not None:
+        for model in models:
+            for index, block in enumerate(getattr(model, "blocks", None) or ()):
+                module_index[id(block)] = index
+                # first, so a streamed block is not copied in for a run that stops before it
+                handles.append(block.register_forward_pre_hook(before_block, prepend=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _velocity(model: nn.Module, latent: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
@@ -81,7 +108,21 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
 
     Returns:
         [1, C, T, H, W] float32 normalised latent, ready for the VAE decoder.
+
+    Raises:
+        SamplingInterrupted: ``interrupt`` returned True (its own exception, e.g. the host's, goes on as it is).
+        NonFiniteLatentError: the latent held NaN/Inf after a step.
+        OutOfGpuMemoryError: CUDA ran out of memory (the message names the remedies).
     """
+    models = (models,) if isinstance(models, nn.Module) else tuple(models)
+    with _block_checks(models, interrupt):
+        return guarded("sampling", _sample, models, conditioning, schedule=schedule, seed=seed,
+                       noise_source=noise_source, device=device, progress=progress, interrupt=interrupt,
+                       expert_hook=expert_hook, init_latent=init_latent, start_step=start_step)
+
+
+def _sample(models, conditioning, *, schedule, seed, noise_source, device, progress, interrupt, expert_hook,
+            init_latent, start_step) -> torch.Tensor:
     experts = Experts(models, expert_hook)
     plan = experts.plan(schedule, conditioning.default_boundary)
     if not 0 <= start_step < len(plan):
@@ -124,11 +165,8 @@ def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, 
             if progress is not None:
                 preview = conditioning.reimpose(latent.float() - sigmas[step] * velocity)  # x0 estimate
             latent = conditioning.reimpose(solver.step(latent, velocity)).to(latent_dtype)
-            if not torch.isfinite(latent).all():
-                raise NonFiniteLatentError(
-                    f"the latent became NaN/Inf at step {done}/{total} (timestep {timesteps[step].item():g}"
-                    f"{', low-noise expert' if expert else ', high-noise expert' if experts.pair else ''}); the "
-                    "model weights or their precision overflow: try bf16 instead of fp16, or another quantization")
+            check_latent(latent, done, total, sigmas[step],
+                         ", low-noise expert" if expert else ", high-noise expert" if experts.pair else "")
             if progress is not None:
                 progress(done, total, preview)
     return latent.float()

@@ -162,11 +162,12 @@ def test_interrupt_is_checked_before_every_model_call():
 
     def interrupt():
         asked.append(len(calls))
-        return len(asked) == 4
+        return len(asked) == 7
 
     with pytest.raises(SamplingInterrupted, match="step 2/3"):
         sample(model, t2v_conditioning(), schedule=FlowUniPC(steps=3, cfg=2.0), seed=0, interrupt=interrupt)
-    assert asked == [0, 1, 2, 3] and len(calls) == 3  # cond, uncond, cond: stopped before step 2's uncond call
+    # before each model call, and before its one block: cond, uncond, cond, stopped before step 2's uncond call
+    assert asked == [0, 1, 1, 2, 2, 3, 3] and len(calls) == 3
 
 
 def test_bf16_latent_storage_starts_from_bf16_noise_like_lightx2v():

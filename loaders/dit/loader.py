@@ -17,12 +17,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ...errors import ModelFormatError
+from ...errors import Interrupted, ModelFormatError
 from ...kernels.ops import TorchOps
 from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ...models.streaming import budgeted
 from ...models.unsupported import refuse_unsupported
+from ...sampling.failures import guarded
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..lora.spec import LoraSpec, load_loras
@@ -101,7 +102,8 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
-             vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+             vram_budget_gb: float | None = None,
+             interrupt: Callable[[], bool] | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run: `plan_dit` then `load_planned`.
 
     Args:
@@ -125,37 +127,47 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
             runs (asynchronously, ahead of use), the rest streams block by block (`models.streaming`). The
             parameters then report the CPU between runs: give ``sample`` the ``device``. None: the weights are
             placed on ``device`` now.
+        interrupt: asked before every tensor is read; True (or its own exception) stops the load with nothing
+            kept. A CUDA out-of-memory becomes `OutOfGpuMemoryError` naming the remedies.
     """
     return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
-                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb)
+                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb, interrupt=interrupt)
 
 
 def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                  ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
                  model_class: type[WanDiT] = WanDiT,
-                 vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+                 vram_budget_gb: float | None = None,
+                 interrupt: Callable[[], bool] | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair.
 
     ``model_class``: a `WanDiT` subclass to build (a host's adapter with the same parameters), else `WanDiT`.
-    ``vram_budget_gb``: see `load_dit`.
+    ``vram_budget_gb``, ``interrupt``: see `load_dit`.
     """
+    return guarded("loading the DiT", _load_planned, plan, device, dtype, ops_factory, model_class, vram_budget_gb,
+                   interrupt)
+
+
+def _load_planned(plan: DitPlan, device, dtype, ops_factory, model_class, vram_budget_gb, interrupt):
     if vram_budget_gb is not None:  # memory option: built on the host, run from pinned copies under the budget
-        models = load_planned(plan, device="cpu", dtype=dtype, ops_factory=ops_factory, model_class=model_class)
+        models = _load_planned(plan, "cpu", dtype, ops_factory, model_class, None, interrupt)
         budgeted(models if plan.is_pair else (models,), vram_budget_gb, device)
         return models
     specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
     models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory, model_class,
-                          [applied[spec] for spec in unit_loras])
+                          [applied[spec] for spec in unit_loras], interrupt)
                    for unit, unit_loras in zip(plan.units, plan.loras))
     return models if plan.is_pair else models[0]
 
 
 def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops_factory, model_class,
-           loras: list[AppliedLora]) -> WanDiT:
+           loras: list[AppliedLora], interrupt: Callable[[], bool] | None = None) -> WanDiT:
     """The model of ``source``, with ``loras`` merged at load (before a float file is quantized, so a merged layer
-    is rounded once) and the ``quantization`` choice applied."""
+    is rounded once) and the ``quantization`` choice applied; ``interrupt`` asked before every tensor read."""
     tensors, layers = source.tensors, source.layers
+    if interrupt is not None:
+        tensors = _interruptible(tensors, interrupt)
     if quantization == "bf16" and layers:
         log.info("%s: dequantizing %d quantized layers to float, as asked (quantization='bf16')", source.name,
                  len(layers))
@@ -173,6 +185,18 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
              f", {source.role} noise" if source.role else "", cfg.model_type, cfg.dim, cfg.num_layers,
              "+".join(schemes), device)
     return model
+
+
+def _interruptible(view: TensorView, interrupt: Callable[[], bool]) -> TensorView:
+    """``view`` with ``interrupt`` asked before each tensor is read (raising `Interrupted` when it returns True)."""
+    def reader(key: str, read):
+        def checked():
+            if interrupt():
+                raise Interrupted(f"loading {view.name} was interrupted before tensor {key}")
+            return read()
+        return checked
+    return TensorView({key: TensorEntry(entry.shape, entry.dtype, reader(key, entry.read))
+                       for key, entry in view.entries.items()}, view.name)
 
 
 def _fp32_targets(view: TensorView, keys: list[str], layers: Mapping[str, QuantScheme]) -> TensorView:
