@@ -122,10 +122,38 @@ def _names_in(folder: Path, args: tuple) -> set[str]:
     return {name for name in names if name}
 
 
+def classify(load: Load, args: tuple, names: set[str], folder: Path,
+             timeout_s: float = TIMEOUT_S) -> tuple[str, str, str]:
+    """Run ``load(*args)`` audited for ``folder`` and under the alarm: ``(outcome, kind, detail)``. Our error
+    counts only when its message holds one of ``names`` (the case's files)."""
+    global _case_folder
+    _violations.clear()
+    _case_folder = os.path.abspath(folder)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        load(*args)
+        outcome = (OK, "", "")
+    except WanExpressError as error:
+        message = str(error)
+        outcome = ((OUR_ERROR, type(error).__name__, "") if any(name in message for name in names)
+                   else (FAILURE, "unnamed " + type(error).__name__, message[:300]))
+    except CaseTimeout:
+        outcome = (FAILURE, "timeout", f"over {timeout_s:g} s")
+    except MemoryError:
+        outcome = (FAILURE, "memory", "ran out of its memory cap")
+    except Exception as error:  # noqa: BLE001  (classifying every escape is the job)
+        outcome = (FAILURE, type(error).__name__, "".join(traceback.format_exception_only(error))[:300])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _case_folder = None
+    if _violations:
+        outcome = (FAILURE, "opened", "; ".join(_violations[:3]))
+    return outcome
+
+
 def run_case(make_case: MakeCase, load: Load, seed: int, index: int, root: str,
              timeout_s: float = TIMEOUT_S) -> tuple[str, str, str]:
     """One case in this process: ``(outcome, kind, detail)``."""
-    global _case_folder
     folder = Path(root) / f"case_{index}"
     folder.mkdir()
     try:
@@ -133,29 +161,7 @@ def run_case(make_case: MakeCase, load: Load, seed: int, index: int, root: str,
             args = make_case(random.Random(f"{seed}/{index}"), folder)
         except Exception as error:  # noqa: BLE001  (a broken generator is reported, not fatal to the run)
             return FAILURE, "make_case " + type(error).__name__, str(error)[:300]
-        names = _names_in(folder, args)
-        _violations.clear()
-        _case_folder = os.path.abspath(folder)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
-        try:
-            load(*args)
-            outcome = (OK, "", "")
-        except WanExpressError as error:
-            message = str(error)
-            outcome = ((OUR_ERROR, type(error).__name__, "") if any(name in message for name in names)
-                       else (FAILURE, "unnamed " + type(error).__name__, message[:300]))
-        except CaseTimeout:
-            outcome = (FAILURE, "timeout", f"over {timeout_s:g} s")
-        except MemoryError:
-            outcome = (FAILURE, "memory", "ran out of its memory cap")
-        except Exception as error:  # noqa: BLE001  (classifying every escape is the job)
-            outcome = (FAILURE, type(error).__name__, "".join(traceback.format_exception_only(error))[:300])
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            _case_folder = None
-        if _violations:
-            outcome = (FAILURE, "opened", "; ".join(_violations[:3]))
-        return outcome
+        return classify(load, args, _names_in(folder, args), folder, timeout_s)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
