@@ -42,6 +42,19 @@ def _parse_constant(text: str) -> float:
     raise _Refused(f"{text}, which is not a JSON number")
 
 
+def _loads(text: str):
+    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+
+
+def parse_json(raw: bytes):
+    """JSON bytes parsed with `read_json`'s refusals (raised as ``ValueError`` / ``UnicodeDecodeError``), for JSON
+    embedded in other files (a safetensors header)."""
+    text = raw.decode("utf-8")
+    if _depth(text) > MAX_DEPTH:
+        raise _Refused(f"nesting deeper than {MAX_DEPTH} levels")
+    return _loads(text)
+
+
 def read_json(path: str | Path, what: str) -> dict:
     """The JSON object in ``path`` (``what`` it should be, for messages: ``"shard index"``, ``"config.json"``...).
 
@@ -71,7 +84,7 @@ def read_json(path: str | Path, what: str) -> dict:
     if _depth(text) > MAX_DEPTH:
         raise ModelFormatError(f"{name}: the {what} nests objects or lists deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+        data = _loads(text)
     except _Refused as error:
         raise ModelFormatError(f"{name}: the {what} holds {error}") from None
     except (json.JSONDecodeError, RecursionError) as error:
