@@ -94,7 +94,7 @@ def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
             return None
         if not isinstance(value, str):
             raise ModelFormatError(f"{shown(path)}: {key} must be a path string")
-        return contained_path(base, value, path, key)
+        return contained_path(base, value, path, key, folder_itself=key == "model_path")
 
     quantized = data.get("dit_quantized", False)
     if not isinstance(quantized, bool):

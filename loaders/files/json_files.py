@@ -120,12 +120,13 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def contained_path(folder: str | Path, name: object, source: str | Path, what: str = "file") -> Path:
+def contained_path(folder: str | Path, name: object, source: str | Path, what: str = "file", *,
+                   folder_itself: bool = False) -> Path:
     """``folder / name`` for a ``name`` taken from a file (``source``, for messages), never a path outside ``folder``.
 
     Containment is decided on the name, lexically: absolute names, drive letters, ``..`` parts, NUL bytes, empty and
-    over-long names are refused before anything touches the disk. A symlink inside ``folder`` (download caches link
-    into a blob store) is followed as usual. The message does not repeat the name.
+    over-long names are refused before anything touches the disk (``.`` too, unless ``folder_itself``). A symlink
+    inside ``folder`` (download caches link into a blob store) is followed as usual. The message does not repeat the name.
     """
     where = shown(source)
     if not isinstance(name, str) or not name.strip():
@@ -137,6 +138,8 @@ def contained_path(folder: str | Path, name: object, source: str | Path, what: s
         raise ModelFormatError(f"{where}: it names a {what} outside its folder; only files inside "
                                f"{Path(folder).name or 'its folder'}/ are read")
     parts = [part for part in relative.parts if part != "."]
+    if not parts and folder_itself:
+        return Path(folder)
     if not parts:
         raise ModelFormatError(f"{where}: a {what} name in it names the folder itself, not a file")
     if any(len(part) > MAX_PART_CHARS for part in parts):
