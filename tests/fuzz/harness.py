@@ -174,7 +174,8 @@ def _run_chunk(make_case: MakeCase, load: Load, seed: int, indices: list[int], r
 # --- in the parent -------------------------------------------------------------------------------------------------
 
 def reproduce_command(make_case: MakeCase, load: Load, seed: int, index: int) -> str:
-    return (f"python -m wan_express.tests.fuzz.harness {make_case.__module__}:{make_case.__name__}:{load.__name__} "
+    module = "wan_express." + make_case.__module__.partition(".")[2]  # pytest may import the pack by its folder name
+    return (f"python -m wan_express.tests.fuzz.harness {module}:{make_case.__name__}:{load.__name__} "
             f"--seed {seed} --case {index}")
 
 

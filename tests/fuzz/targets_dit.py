@@ -143,8 +143,8 @@ def make_quantized_case(rng: random.Random, folder: Path) -> tuple:
         key = rng.choice(scales)
         if key not in tensors:
             continue
-        out = tensors[key].shape[0]
-        kind = rng.randrange(6)
+        out = tensors[key].shape[0] if tensors[key].dim() else 0
+        kind = rng.randrange(6) if out else 0
         if kind == 0:
             del tensors[key]
         elif kind == 1:
