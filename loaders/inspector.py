@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedVariantError
 from .components import find_components
+from .files.boundary import boundary
 from .dit.folders import ModelPair, ModelUnit, candidates
 from .dit.formats import FAMILY_PATTERNS, KNOWN_PREFIXES, SIZE_OF_DIM
 from .dit.loader import DitSource, open_unit
@@ -44,6 +45,7 @@ FORMAT_HINTS = {
 }
 
 
+@boundary("DiT model")
 def inspect(path: str | Path, file: str | None = None) -> dict[str, Any]:
     """Describe the DiT at ``path`` (file, folder, Wan2.2 A14B folder or LightX2V config) without loading it.
 

@@ -162,7 +162,7 @@ def canonicalize(raw: TensorView, rename: Rename, *, metadata: Mapping[str, str]
         granularity, scale_shape = _granularity(shapes[names[scale]], shape[0], names[scale], source)
         layers[layer] = QuantScheme(codes, granularity)
         scale_entries[layer] = TensorEntry(scale_shape, torch.float32, lambda key=names[scale], to=scale_shape:
-                                           raw[key].to(torch.float32).reshape(to))
+                                           _checked_scale(raw[key], key, to, source))
 
     entries: dict[str, TensorEntry] = {}
     for name in names:
@@ -183,6 +183,18 @@ def canonicalize(raw: TensorView, rename: Rename, *, metadata: Mapping[str, str]
     activation_scales = sum(name.rpartition(".")[2] in ACTIVATION_SCALE_SUFFIXES for name in dropped)
     summary = _summary(layers, entries, comfy, marker, unscaled, activation_scales)
     return Canonical(tensors=TensorView(entries, source), layers=layers, summary=summary)
+
+
+def _checked_scale(stored: torch.Tensor, key: str, shape: tuple[int, ...], source: str) -> torch.Tensor:
+    """A stored scale as fp32 ``shape``; NaN, Inf, zero or negative values mean a broken file (the layer's output
+    would be NaN or zero), reported naming the key."""
+    if not stored.dtype.is_floating_point:
+        raise ModelFormatError(f"{source}: scale {key!r} is {stored.dtype}; quantization scales are floats")
+    scale = stored.to(torch.float32).reshape(shape)
+    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+        raise ModelFormatError(f"{source}: scale {key!r} holds NaN, Inf, zero or negative values; the file is "
+                               "corrupt (re-download or re-convert it)")
+    return scale
 
 
 def _granularity(scale_shape: tuple[int, ...], out_features: int, key: str, source: str):

@@ -7,10 +7,10 @@ tensor names and shapes alone (a safetensors header is enough), so a folder with
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .block_indices import block_count
 from .latent_spaces import WAN22_LATENT
 from .unsupported import refuse_unsupported
 
@@ -18,8 +18,6 @@ MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 
 # Every released model uses 128-wide attention heads; configs without `num_heads` rely on it.
 HEAD_DIM = 128
-
-_BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +62,7 @@ class WanConfig:
         if self.model_type not in MODEL_TYPES:
             raise UnsupportedModelError(
                 f"model_type {self.model_type!r} is not supported (expected one of {', '.join(MODEL_TYPES)})")
-        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+        if self.num_heads <= 0 or self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ModelFormatError(f"dim {self.dim} is not divisible into {self.num_heads} heads of even width")
         if self.model_type == "flf2v" and not self.clip_branch:
             raise ModelFormatError("an flf2v model needs the CLIP branch (img_emb)")
@@ -133,18 +131,23 @@ class WanConfig:
         """
         refuse_unsupported(shapes, None, source)
 
-        def shape_of(key: str) -> Sequence[int]:
+        def shape_of(key: str, rank: int) -> Sequence[int]:
             if key not in shapes:
                 raise ModelFormatError(
                     f"{source}: tensor {key!r} is missing, so this is not a complete Wan DiT "
                     "(is it a LoRA, a VAE or a text encoder?)")
-            return tuple(shapes[key])
+            shape = tuple(shapes[key])
+            if len(shape) < rank or not all(shape[:rank]):
+                raise ModelFormatError(f"{source}: tensor {key!r} has shape {list(shape)}; a Wan DiT stores at least "
+                                       f"{rank} non-zero dimensions there")
+            return shape
 
-        dim, in_dim = shape_of("patch_embedding.weight")[:2]
-        out_dim = shape_of("head.head.weight")[0] // 4
-        layers = {int(m.group(1)) for key in shapes if (m := _BLOCK_INDEX.match(key))}
-        if not layers or layers != set(range(len(layers))):
-            raise ModelFormatError(f"{source}: block indices are not contiguous from 0 ({sorted(layers)[:8]}...)")
+        dim, in_dim = shape_of("patch_embedding.weight", 2)[:2]
+        out_dim = shape_of("head.head.weight", 1)[0] // 4
+        layers = block_count(shapes, source)
+        if dim % HEAD_DIM or not out_dim:
+            raise ModelFormatError(f"{source}: width {dim} (patch_embedding) is not a multiple of the {HEAD_DIM}-wide "
+                                   f"attention heads, or head.head has fewer than 4 rows; the file is not a Wan DiT")
         clip_branch = "img_emb.proj.0.weight" in shapes
         if "img_emb.emb_pos" in shapes:
             model_type = "flf2v"
@@ -154,18 +157,21 @@ class WanConfig:
             model_type = "ti2v"
         else:
             model_type = "t2v"
-        return cls(
-            model_type=model_type,
-            in_dim=in_dim,
-            out_dim=out_dim,
-            dim=dim,
-            ffn_dim=shape_of("blocks.0.ffn.0.weight")[0],
-            num_heads=dim // HEAD_DIM,
-            num_layers=len(layers),
-            clip_branch=clip_branch,
-            freq_dim=shape_of("time_embedding.0.weight")[1],
-            text_dim=shape_of("text_embedding.0.weight")[1],
-        )
+        try:
+            return cls(
+                model_type=model_type,
+                in_dim=in_dim,
+                out_dim=out_dim,
+                dim=dim,
+                ffn_dim=shape_of("blocks.0.ffn.0.weight", 1)[0],
+                num_heads=dim // HEAD_DIM,
+                num_layers=layers,
+                clip_branch=clip_branch,
+                freq_dim=shape_of("time_embedding.0.weight", 2)[1],
+                text_dim=shape_of("text_embedding.0.weight", 2)[1],
+            )
+        except ModelFormatError as error:
+            raise ModelFormatError(f"{source}: {error}") from None
 
 
 _WAN14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)

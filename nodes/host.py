@@ -5,8 +5,9 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
-from ..errors import MissingComponentError, ModelFormatError, WanExpressError
+from ..errors import InvalidInputError, MissingComponentError, ModelFormatError, WanExpressError
 from ..loaders.dit.folders import candidates, pair_folders, resolve
+from ..loaders.files.json_files import contained_path
 from ..models.latent_spaces import LATENT_SPACES
 
 # Folder-type models (official sharded folders, A14B parents) are listed from this key, single files from core's.
@@ -68,12 +69,23 @@ def list_models(file_key: str) -> list[str]:
 def resolve_model(file_key: str, choice: str) -> Path:
     """Full path of a choice made from `list_models` (or `lightx2v_configs`)."""
     if choice.endswith(("/", ".json")):
-        for root in _roots():
-            candidate = root / choice.rstrip("/")
-            if candidate.exists():
-                return candidate
-        raise MissingComponentError(f"{choice!r} not found under models/{FOLDER_KEY}")
+        return model_choice(_roots(), choice)
     return resolve_file(file_key, choice)
+
+
+def model_choice(roots: list[Path], choice: str) -> Path:
+    """A ``name/`` folder or ``name.json`` config under the first of ``roots`` that has it. The choice is a name
+    inside ``models/wan_express`` (a workflow may carry any text): absolute names and ``..`` are refused."""
+    shown_choice = choice if len(choice) <= 80 else choice[:80] + "..."
+    try:
+        candidates = [contained_path(root, choice.rstrip("/"), root, "model") for root in roots]
+    except ModelFormatError:
+        raise InvalidInputError(f"{shown_choice!r} is not a model folder or config inside models/{FOLDER_KEY}; "
+                                "pick one from the list") from None
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise MissingComponentError(f"{shown_choice!r} not found under models/{FOLDER_KEY}")
 
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt")

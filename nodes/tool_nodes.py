@@ -67,12 +67,18 @@ def report_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MAX_NAME_BYTES = 200  # file systems allow 255; room for ".safetensors" and the temporary name's suffix
+
+
 def export_name(filename: str) -> str:
     """The file name an export is written under in ``models/diffusion_models/``: ``.safetensors`` added when
     missing; a folder, ``..`` or a hidden name is refused, so nothing is written anywhere else."""
     name = filename.strip()
     if not name:
         raise InvalidInputError("filename is empty: give the name of the file to write, e.g. my_model_fp8")
+    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInputError(f"filename {name[:40]!r}...: give a plain file name of at most {MAX_NAME_BYTES} "
+                                "bytes without control characters")
     if "/" in name or "\\" in name or ".." in name or name.startswith("."):
         raise InvalidInputError(f"filename {name!r}: give a plain file name (no folder, '..' or leading dot); the "
                                 f"export is always written to models/{OUTPUT_KEY}/")

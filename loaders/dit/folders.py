@@ -10,13 +10,14 @@ the caller names one: the error lists the choices.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from ...errors import MissingComponentError, ModelFormatError, UnsupportedModelError
 from ...expert_names import EXPERTS, FOLDERS, HIGH, LOW, expert_in_name
+from ..files.boundary import shown
 from ..files.header import read_header
+from ..files.json_files import contained_path, read_json
 from .formats import ANCHOR_KEYS, DIFFUSERS_ANCHOR_KEYS
 from .layouts import find_prefix
 
@@ -95,7 +96,7 @@ def resolve(path: str | Path, file: str | None = None, *, role: str | None = Non
     if file is not None:
         if not path.is_dir():
             raise ModelFormatError(f"{path}: file={file!r} names a model inside a folder, but this is not a folder")
-        chosen = path / file
+        chosen = contained_path(path, file, path, "model")
         if not chosen.exists():
             raise MissingComponentError(f"{path}: {file!r} not found; models here: "
                                         f"{', '.join(_describe(c) for c in candidates(path)) or 'none'}")
@@ -169,24 +170,12 @@ def _folder_unit(folder: Path, config: Path | None, role: str | None) -> ModelUn
 
 
 def _read_index(index: Path) -> dict[str, Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {str(key): _shard(index, shard) for key, shard in weight_map.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise ModelFormatError(f"{index}: not a shard index with a 'weight_map' ({error})") from None
-
-
-def _shard(index: Path, name: object) -> Path:
-    """A shard the index names, as a path inside the index's folder. Names are checked, not resolved: a shard that
-    is a symlink inside the folder (download caches) stays allowed, a name that climbs out or is absolute never
-    reaches the disk, and the message does not repeat what the file says."""
-    if not isinstance(name, str) or not name or "\0" in name:
-        raise ModelFormatError(f"{index}: a shard name in the index is not a file name")
-    relative = PurePosixPath(name.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts or PureWindowsPath(name).drive:
-        raise ModelFormatError(f"{index}: the index names a shard outside its folder; only files inside "
-                               f"{index.parent.name}/ are read")
-    return index.parent / relative
+    """key -> shard of a shard index; shard names go through `contained_path` (never outside the index's folder; a
+    symlink inside it, as download caches make, stays allowed) and messages do not repeat what the file says."""
+    weight_map = read_json(index, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelFormatError(f"{shown(index)}: not a shard index: it has no 'weight_map' object")
+    return {key: contained_path(index.parent, name, index, "shard") for key, name in weight_map.items()}
 
 
 def _is_dit_file(path: Path) -> bool:

@@ -8,13 +8,15 @@ weight codes it runs, and our kernels pick their own backend for those codes. Un
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import logging
 from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError, UnsupportedModelError
 from ...expert_names import FOLDERS
+from ..files.boundary import boundary, shown
+from ..files.json_files import contained_path, read_json
 from ..lora.spec import LoraSpec
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def is_lightx2v_config(data: object) -> bool:
     return isinstance(data, dict) and any(key in data for key in LOADER_KEYS + SAMPLING_KEYS)
 
 
+@boundary("LightX2V config")
 def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
     """Read a LightX2V config JSON.
 
@@ -80,12 +83,7 @@ def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
         UnsupportedModelError: a ``dit_quant_scheme`` whose weights we cannot run (nvfp4, mxfp4, ...).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelFormatError(f"{path}: no such file") from None
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path}: invalid JSON ({error})") from None
+    data = read_json(path, "LightX2V config")
     if not is_lightx2v_config(data):
         raise ModelFormatError(f"{path}: not a LightX2V config (none of {', '.join(LOADER_KEYS)} is set)")
     base = path.parent
@@ -95,20 +93,21 @@ def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
         if value in (None, ""):
             return None
         if not isinstance(value, str):
-            raise ModelFormatError(f"{path}: {key} must be a path string, got {value!r}")
-        return base / value
+            raise ModelFormatError(f"{shown(path)}: {key} must be a path string")
+        return contained_path(base, value, path, key, folder_itself=key == "model_path")
 
     quantized = data.get("dit_quantized", False)
     if not isinstance(quantized, bool):
-        raise ModelFormatError(f"{path}: dit_quantized must be true or false, got {quantized!r}")
+        raise ModelFormatError(f"{shown(path)}: dit_quantized must be true or false")
     scheme = data.get("dit_quant_scheme")
     quantization = "auto"
     if quantized:
         if scheme is None:
             raise ModelFormatError(f"{path}: dit_quantized is true but dit_quant_scheme is missing "
                                    f"(e.g. {', '.join(list(QUANT_SCHEMES)[:3])})")
-        if scheme not in QUANT_SCHEMES:
-            raise UnsupportedModelError(f"{path}: dit_quant_scheme {scheme!r} is not supported; supported: "
+        if not isinstance(scheme, str) or scheme not in QUANT_SCHEMES:
+            named = f" {scheme!r}" if isinstance(scheme, str) and len(scheme) <= 40 else ""
+            raise UnsupportedModelError(f"{shown(path)}: dit_quant_scheme{named} is not supported; supported: "
                                         f"{', '.join(QUANT_SCHEMES)}")
         quantization = QUANT_SCHEMES[scheme]
     slot = 1 if quantized else 0
@@ -136,13 +135,16 @@ def _loras(entries: object, base: Path, path: Path) -> list[LoraSpec]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise ModelFormatError(f"{path}: lora_configs[{i}] needs a 'path' string")
         name = entry.get("name")
-        if name is not None and name not in LORA_EXPERTS:
-            raise ModelFormatError(f"{path}: lora_configs[{i}].name {name!r} must be one of "
+        if name is not None and (not isinstance(name, str) or name not in LORA_EXPERTS):
+            raise ModelFormatError(f"{shown(path)}: lora_configs[{i}].name must be one of "
                                    f"{', '.join(LORA_EXPERTS)}")
         try:
             strength = float(entry.get("strength", 1.0))
             alpha = None if entry.get("alpha") is None else float(entry["alpha"])
-        except (TypeError, ValueError):
-            raise ModelFormatError(f"{path}: lora_configs[{i}] strength/alpha must be numbers") from None
-        loras.append(LoraSpec(base / entry["path"], strength, alpha, LORA_EXPERTS.get(name)))
+        except (TypeError, ValueError, OverflowError):
+            raise ModelFormatError(f"{shown(path)}: lora_configs[{i}] strength/alpha must be numbers") from None
+        if not all(math.isfinite(value) for value in (strength, alpha or 0.0)):
+            raise ModelFormatError(f"{shown(path)}: lora_configs[{i}] strength/alpha must be finite numbers")
+        lora = contained_path(base, entry["path"], path, f"lora_configs[{i}].path")
+        loras.append(LoraSpec(lora, strength, alpha, LORA_EXPERTS.get(name)))
     return loras

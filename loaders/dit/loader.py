@@ -10,7 +10,6 @@ one at a time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,6 +24,8 @@ from ...models.streaming import budgeted
 from ...models.unsupported import refuse_unsupported
 from ...sampling.failures import guarded
 from ..files import TensorEntry, TensorView, open_tensors
+from ..files.boundary import boundary
+from ..files.json_files import read_json
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..lora.spec import LoraSpec, load_loras
 from ..quantization import canonicalize, dequantized, quantized
@@ -72,6 +73,7 @@ class DitSource:
     details: dict[str, Any]
 
 
+@boundary("DiT model")
 def open_dit(path: str | Path, file: str | None = None) -> DitSource:
     """Open one DiT from a file, a folder (``file`` picks among several models) or a LightX2V config JSON.
 
@@ -89,6 +91,7 @@ def open_dit(path: str | Path, file: str | None = None) -> DitSource:
     return open_unit(target)
 
 
+@boundary("Wan2.2 A14B model")
 def open_dit_pair(path: str | Path, high_file: str | None = None,
                   low_file: str | None = None) -> tuple[DitSource, DitSource]:
     """Open the (high-noise, low-noise) experts of a Wan2.2 A14B folder or LightX2V config.
@@ -99,6 +102,7 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
     return open_unit(pair.high), open_unit(pair.low)
 
 
+@boundary("DiT model")
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
@@ -270,15 +274,7 @@ def _layout(container: str, prefix: str, diffusers: bool, quant_format: str) -> 
 
 
 def _read_config_json(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path}: invalid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path}: expected a JSON object")
-    return data
+    return None if path is None else read_json(path, "config.json")
 
 
 def _cross_check(config: WanConfig, data: dict[str, Any] | None, path: Path | None) -> tuple[WanConfig, str]:
@@ -291,7 +287,8 @@ def _cross_check(config: WanConfig, data: dict[str, Any] | None, path: Path | No
         log.warning("%s disagrees with the weights, which win: %s", path, "; ".join(conflicts))
     try:
         extra = {key: type(getattr(config, key))(data[key]) for key in _CONFIG_ONLY if key in data}
-    except (TypeError, ValueError) as error:
-        raise ModelFormatError(f"{path}: {error}") from None
-    return dataclasses.replace(config, **extra), ("inferred from tensors, config.json disagrees" if conflicts
+        config = dataclasses.replace(config, **extra)
+    except (TypeError, ValueError, OverflowError, ModelFormatError):
+        raise ModelFormatError(f"{path}: {', '.join(_CONFIG_ONLY)} must be numbers that fit the weights") from None
+    return config, ("inferred from tensors, config.json disagrees" if conflicts
                                                    else "inferred from tensors, matches config.json")

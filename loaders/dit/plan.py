@@ -9,12 +9,12 @@ or a Wan2.2 A14B pair, and routes each LoRA to the experts it applies to.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Sequence
 
 from ...errors import InvalidInputError, ModelFormatError
 from ...expert_names import BOTH, EXPERTS, HIGH, LOW
+from ..files.json_files import read_json
 from ..lora.spec import LoraSpec, route_loras
 from .folders import ModelPair, ModelUnit, pair_folders, resolve
 from .lightx2v_config import LightX2VConfig, is_lightx2v_config, read_lightx2v_config
@@ -117,10 +117,7 @@ def lightx2v_config_of(path: Path) -> LightX2VConfig | None:
     """The LightX2V config when ``path`` is one; None for model files and folders."""
     if path.suffix.lower() != ".json" or not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path}: invalid JSON ({error})") from None
+    data = read_json(path, "LightX2V config")
     if not is_lightx2v_config(data):
         raise ModelFormatError(f"{path}: this JSON is not a LightX2V config (a model's config.json is read from "
                                "its folder: give the folder instead)")

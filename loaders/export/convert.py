@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from ...errors import InvalidInputError
 from ..dit.folders import ModelPair
+from ..files.boundary import boundary
 from ..dit.loader import open_unit
 from ..dit.plan import resolve_target
 from ..lora.spec import LoraSpec, load_loras
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, metavar="OUT.safetensors", help="file to write")
 
 
+@boundary("DiT model", "base")
 def convert_dit(base: Path, output: Path, layout: str, loras: Sequence[LoraSpec] = (), *, file: str | None = None,
                 source: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
     """Merge ``loras`` into the DiT at ``base`` (``file``: the model inside a folder holding several) and write it
@@ -74,6 +76,8 @@ def convert_dit(base: Path, output: Path, layout: str, loras: Sequence[LoraSpec]
     """
     if output.suffix != ".safetensors":
         raise InvalidInputError(f"{output}: the output must be a .safetensors file")
+    if not output.parent.is_dir():
+        raise InvalidInputError(f"{output}: the folder {output.parent.name}/ does not exist; create it first")
     target = resolve_target(Path(base), file)
     if isinstance(target, ModelPair):
         raise InvalidInputError(f"{base} is a Wan2.2 A14B model with two experts; convert one at a time "

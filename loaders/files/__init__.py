@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ...errors import MissingComponentError, ModelFormatError
+from .boundary import boundary
 from .pth import read_pth
 from .source import SafetensorsSource
 from .views import TensorEntry, TensorView, view_of_tensors
@@ -20,6 +21,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
+@boundary("tensor file")
 def open_tensors(path: str | Path | Sequence[Path] | Mapping[str, Path], *, name: str | None = None,
                  what: str = "model file") -> TensorView:
     """The tensors of one file, of several safetensors shards, or of a shard index's key -> file map.

@@ -8,7 +8,6 @@ resident). Every error names the file and, where there is one, the tensor.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import struct
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelFormatError
+from .json_files import parse_json
 
 # safetensors dtype names -> torch dtype names (the format's full list). Only those the installed torch has are
 # readable (float8_e8m0fnu arrived in torch 2.7); the others are reported as unknown dtypes.
@@ -30,6 +30,8 @@ DTYPES: dict[str, torch.dtype] = {
 # The reference implementation refuses headers above 100 MB; a larger length means a corrupt file.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 METADATA_KEY = "__metadata__"
+MAX_RANK = 8  # no network here stores tensors of more dimensions (Conv3d weights are 5-D)
+_MAX_KEY_SHOWN = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +57,11 @@ class SafetensorsHeader:
 def read_header(path: str | Path) -> SafetensorsHeader:
     """Parse and validate a safetensors header.
 
-    Checks: the 8-byte length and the header fit in the file; the header is a JSON object; every tensor has a
-    known dtype, a shape of non-negative integers and a byte range inside the data section whose length equals
-    ``numel * itemsize``.
+    Checks, before anything is allocated: the 8-byte length and the header fit in the file; the header is a JSON
+    object (nesting, huge integers and non-finite numbers refused by the parser); every tensor has a known dtype,
+    a shape of non-negative integers whose element count the file can hold, and a byte range whose length equals
+    ``numel * itemsize``; the ranges, sorted, are contiguous, never overlap and cover the data section exactly (so
+    no bytes are aliased under two tensors and none are left unexplained).
 
     Raises:
         ModelFormatError: naming the file (and tensor) and what is wrong.
@@ -78,10 +82,10 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such file") from None
     try:
-        entries = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFormatError(f"{path}: the safetensors header is not valid JSON ({error}); the file is corrupt "
-                               "or not a safetensors file") from None
+        entries = parse_json(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ModelFormatError(f"{path}: the safetensors header is not valid JSON (or holds values no header "
+                               "holds); the file is corrupt or not a safetensors file") from None
     if not isinstance(entries, dict):
         raise ModelFormatError(f"{path}: the safetensors header is not a JSON object")
     metadata = entries.pop(METADATA_KEY, None) or {}
@@ -89,22 +93,39 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         raise ModelFormatError(f"{path}: the header's {METADATA_KEY} is not a map of strings")
     data_size = size - 8 - length
     tensors = {key: _tensor_info(path, key, entry, data_size) for key, entry in entries.items()}
+    _check_layout(path, tensors, data_size)
     return SafetensorsHeader(path=path, tensors=tensors, metadata=metadata, data_start=8 + length)
 
 
+def _check_layout(path: Path, tensors: dict[str, TensorInfo], data_size: int) -> None:
+    """Ranges sorted by start must tile ``[0, data_size)``: no gap, no overlap, nothing after the last tensor."""
+    position = 0
+    for key, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if info.begin != position:
+            problem = "overlaps another tensor" if info.begin < position else "leaves a gap before it"
+            raise ModelFormatError(f"{path}: tensor {_key_shown(key)!r}: its data range {problem}; the header is corrupt "
+                                   "(tensor data must be stored back to back)")
+        position = info.end
+    if position != data_size:
+        raise ModelFormatError(f"{path}: the tensors hold {position} bytes but the data section has {data_size}; "
+                               "the file is truncated, padded or corrupt")
+
+
 def _tensor_info(path: Path, key: str, entry: object, data_size: int) -> TensorInfo:
-    where = f"{path}: tensor {key!r}"
+    where = f"{path}: tensor {_key_shown(key)!r}"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise ModelFormatError(f"{where}: header entry lacks dtype, shape or data_offsets")
     dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
-        raise ModelFormatError(f"{where}: unknown dtype {entry['dtype']!r} (known: {', '.join(DTYPES)})")
+        raise ModelFormatError(f"{where}: unknown dtype {_shown(entry['dtype'])} (known: {', '.join(DTYPES)})")
     shape, offsets = entry["shape"], entry["data_offsets"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ModelFormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and 0 <= d <= data_size for d in shape)):
+        raise ModelFormatError(f"{where}: shape {_shown(shape)} is not a list of at most {MAX_RANK} non-negative "
+                               "sizes this file can hold")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
-        raise ModelFormatError(f"{where}: data_offsets {offsets!r} are not an ordered pair of byte offsets")
+        raise ModelFormatError(f"{where}: data_offsets {_shown(offsets)} are not an ordered pair of byte offsets")
     if offsets[1] > data_size:
         raise ModelFormatError(f"{where}: data_offsets {offsets} run past the end of the data section "
                                f"({data_size} bytes); the file is truncated or corrupt")
@@ -113,6 +134,17 @@ def _tensor_info(path: Path, key: str, entry: object, data_size: int) -> TensorI
         raise ModelFormatError(f"{where}: shape {shape} of {entry['dtype']} needs {expected} bytes but its data "
                                f"range holds {offsets[1] - offsets[0]}")
     return TensorInfo(dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
+
+
+def _key_shown(key: str) -> str:
+    """A tensor name as messages show it: cut when over-long (a hostile header can hold megabyte keys)."""
+    return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
+
+
+def _shown(value: object) -> str:
+    """A header value in a message: short ones as they are, long ones by their type (never a wall of file text)."""
+    text = repr(value) if isinstance(value, (str, int, float, list, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else f"(a {type(value).__name__} of {len(text)} characters)"
 
 
 def read_tensor(header: SafetensorsHeader, key: str) -> torch.Tensor:
