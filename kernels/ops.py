@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import fused
 from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
+from . import fused
 
 
 class CastLinear(nn.Linear):
@@ -40,14 +40,16 @@ ATTENTION_BACKENDS = {
 class TorchOps:
     """Reference operations in plain PyTorch.
 
+    ``ffn_chunk_tokens``: run the FFN (its LayerNorm + modulation, both linears, the GELU and the gated residual)
+    over slices of this many tokens when the sequence is longer, which bounds its [tokens, ffn_dim] intermediates
+    (the block's peak at Wan shapes); 0: one pass. Every op of the FFN works row by row, so the result is
+    bit-identical to one pass wherever the GEMM library computes a row the same way at every row count (the CPU one
+    does for multiples of 16 rows; elsewhere a different kernel choice for the smaller GEMMs changes only their
+    rounding).
+
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
-    ``attention_backend``: a key of `ATTENTION_BACKENDS`. ``ffn_chunk_tokens``: run the FFN (its LayerNorm +
-    modulation, both linears, the GELU and the gated residual) over slices of this many tokens when the sequence is
-    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Every op
-    of the FFN works row by row, so the result is bit-identical to one pass wherever the GEMM library computes a row
-    the same way at every row count (the CPU one does for multiples of 16 rows; elsewhere a different kernel choice
-    for the smaller GEMMs changes only their rounding).
+    ``attention_backend``: a key of `ATTENTION_BACKENDS`.
     """
 
     attention_backend = "auto"
