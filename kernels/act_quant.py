@@ -3,8 +3,8 @@
 Every row (token) gets ``scale = max(amax, 1e-8) / Qmax`` (448 for FP8 e4m3, 127 for INT8, round to nearest),
 so ``x ≈ codes * scale``. Entry points: `quantize_rows`, `norm_modulate_quantized` (LayerNorm + modulation),
 `layer_norm_quantized` (affine LayerNorm), `gelu_tanh_quantized` and `rms_norm_quantized` (T5's RMSNorm); each
-runs a Triton kernel on CUDA when Triton is installed and the PyTorch reference otherwise. The result is a
-`QuantizedActivation`, which `QuantLinear` consumes directly.
+runs a Triton kernel on CUDA when Triton is installed and the PyTorch reference otherwise, as a `custom_ops` op
+(opaque to `torch.compile`). The result is a `QuantizedActivation`, which `QuantLinear` consumes directly.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from . import custom_ops
 from .capability import triton_available
 from .codes import CODE_DTYPES, HALF_DTYPES, MIN_AMAX, QMAX
 
@@ -71,66 +72,29 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * normed
 
 
-def _triton():
-    from . import triton_quant  # imported on demand: Triton is optional
-    return triton_quant
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x: [..., K] -> contiguous [M, K] view."""
-    return x.reshape(-1, x.shape[-1]).contiguous()
-
-
-def _allocate(x: torch.Tensor, codes: str) -> QuantizedActivation:
-    return QuantizedActivation(torch.empty(x.shape, dtype=CODE_DTYPES[codes], device=x.device),
-                               torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device))
-
-
 def quantize_rows(x: torch.Tensor, codes: str) -> QuantizedActivation:
     """Per-token quantization of ``x [..., K]`` (any float dtype)."""
-    if not use_triton(x.device):
-        return quantize_rows_reference(x, codes)
-    out = _allocate(x, codes)
-    _triton().quantize_rows(_rows(x), out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
-    return out
+    return QuantizedActivation(*custom_ops.quantize_rows(x, codes))
 
 
 def norm_modulate_quantized(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
                             codes: str) -> QuantizedActivation:
     """Quantized ``LN(x) * (1 + scale) + shift``; x: [B, S, D]; shift, scale: [B, 1 or S, D] (fp32)."""
-    if not use_triton(x.device):
-        return quantize_rows_reference(norm_modulate_reference(x, shift, scale, eps), codes)
-    out = _allocate(x, codes)
-    _triton().norm_modulate_quantize(x, shift, scale, eps, out.codes, out.scale, codes)
-    return out
+    return QuantizedActivation(*custom_ops.norm_modulate_quant(x, shift, scale, eps, codes))
 
 
 def layer_norm_quantized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                          codes: str) -> QuantizedActivation:
     """Quantized affine LayerNorm ``LN(x) * weight + bias`` (fp32 math); x: [..., D]; weight, bias: [D]."""
-    if not use_triton(x.device):
-        return quantize_rows_reference(layer_norm_reference(x, weight, bias, eps), codes)
-    out = _allocate(x, codes)
-    _triton().layer_norm_quantize(_rows(x), weight.contiguous(), bias.contiguous(), eps,
-                                  out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
-    return out
+    return QuantizedActivation(*custom_ops.layer_norm_quant(x, weight, bias, eps, codes))
 
 
 def gelu_tanh_quantized(x: torch.Tensor, codes: str) -> QuantizedActivation:
     """Quantized ``GELU_tanh(x)`` (computed in fp32); x: [..., F]."""
-    if not use_triton(x.device):
-        return quantize_rows_reference(F.gelu(x.float(), approximate="tanh"), codes)
-    out = _allocate(x, codes)
-    _triton().gelu_tanh_quantize(_rows(x), out.codes.view(-1, x.shape[-1]), out.scale.view(-1, 1), codes)
-    return out
+    return QuantizedActivation(*custom_ops.gelu_tanh_quant(x, codes))
 
 
 def rms_norm_quantized(x: torch.Tensor, weight: torch.Tensor, eps: float, codes: str) -> QuantizedActivation:
     """Quantized T5 RMSNorm (the values of `rms_norm_reference`, half-precision roundings included);
     x: [..., D], weight: [D]."""
-    if not use_triton(x.device):
-        return quantize_rows_reference(rms_norm_reference(x, weight, eps), codes)
-    out = _allocate(x, codes)
-    _triton().rms_norm_quantize(_rows(x), weight.contiguous(), eps, out.codes.view(-1, x.shape[-1]),
-                                out.scale.view(-1, 1), codes)
-    return out
+    return QuantizedActivation(*custom_ops.rms_norm_quant(x, weight, eps, codes))

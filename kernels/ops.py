@@ -13,10 +13,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
+from . import attention as attention_kernels
 from . import fused
+from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
 
 
 class CastLinear(nn.Linear):
@@ -26,30 +26,21 @@ class CastLinear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
-# The attention choice of the loaders: PyTorch's SDPA picks its kernel ("auto"), or one kernel is asked for (math
-# stays allowed as the fallback where that kernel cannot run, e.g. flash on a CPU or for fp32 inputs).
-ATTENTION_BACKENDS = {
-    "auto": None,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "math": SDPBackend.MATH,
-}
+# The attention option of the loaders (see `kernels.attention.selection`).
+ATTENTION_BACKENDS = attention_kernels.ATTENTION_OPTIONS
 
 
 class TorchOps:
     """Reference operations in plain PyTorch.
 
-    ``ffn_chunk_tokens``: run the FFN (its LayerNorm + modulation, both linears, the GELU and the gated residual)
-    over slices of this many tokens when the sequence is longer, which bounds its [tokens, ffn_dim] intermediates
-    (the block's peak at Wan shapes); 0: one pass. Every op of the FFN works row by row, so the result is
-    bit-identical to one pass wherever the GEMM library computes a row the same way at every row count (the CPU one
-    does for multiples of 16 rows; elsewhere a different kernel choice for the smaller GEMMs changes only their
-    rounding).
-
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
-    ``attention_backend``: a key of `ATTENTION_BACKENDS`.
+    ``attention_backend``: one of `ATTENTION_BACKENDS`. ``ffn_chunk_tokens``: run the FFN (its LayerNorm +
+    modulation, both linears, the GELU and the gated residual) over slices of this many tokens when the sequence is
+    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Every op
+    of the FFN works row by row, so the result is bit-identical to one pass wherever the GEMM library computes a row
+    the same way at every row count (the CPU one does for multiples of 16 rows; elsewhere a different kernel choice
+    for the smaller GEMMs changes only their rounding).
     """
 
     attention_backend = "auto"
@@ -117,10 +108,13 @@ class TorchOps:
         rather than a fused quantization of it (a LoRA side branch). The reference never quantizes: itself."""
         return self
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""
-        kernel = ATTENTION_BACKENDS[self.attention_backend]
-        if kernel is None:
-            return F.scaled_dot_product_attention(q, k, v)
-        with sdpa_kernel([kernel, SDPBackend.MATH]):
-            return F.scaled_dot_product_attention(q, k, v)
+    def for_block(self, prefix: str) -> "TorchOps":
+        """These operations as a block's forward calls them: ``name`` relative to the block ``prefix`` (``ffn.0`` in
+        ``blocks.3``), so that the forward reads no per-block string (a compiled block then serves every block).
+        The reference ignores names: itself."""
+        return self
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "self") -> torch.Tensor:
+        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]; kind: "self"
+        or "cross" (the "auto" option treats them differently)."""
+        return attention_kernels.attention(q, k, v, self.attention_backend, kind)

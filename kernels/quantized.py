@@ -5,7 +5,7 @@ Canonical form (whatever the file layout was): ``<layer>.weight`` holds the low-
 per output channel or ``[1, 1]`` per tensor, so that ``W ≈ weight.float() * weight_scale``.
 `QuantOps` builds a `QuantLinear` for every layer named in its table; other layers stay float (`ActivationLinear`).
 `QuantLinear` runs a native W8A8 GEMM (`kernels.backends`) where the device has one, else dequantizes the
-weight (optionally emulating the activation quantization); `QuantOps` also fuses the activation quantization into
+weight (optionally emulating the activation quantization), both as `custom_ops` ops; `QuantOps` also fuses the activation quantization into
 the LayerNorm + modulation, affine LayerNorm, T5 RMSNorm and GELU ops that feed quantized linears.
 """
 
@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backends
+from . import backends, custom_ops
 from .act_quant import (CODE_DTYPES, QuantizedActivation, gelu_tanh_quantized, layer_norm_quantized,
-                        norm_modulate_quantized, quantize_rows, quantize_rows_reference, rms_norm_quantized,
-                        use_triton)
+                        norm_modulate_quantized, quantize_rows, rms_norm_quantized, use_triton)
 from .capability import native_gemm
 from .ops import ATTENTION_BACKENDS, CastLinear, TorchOps
 
@@ -93,20 +92,16 @@ class QuantLinear(nn.Module):
             bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's computation on given codes ``weight`` [out, in], ``scale`` and ``bias`` (the module's own,
         or copies a host streamed to the input's device)."""
-        codes = self.scheme.codes
         if isinstance(x, QuantizedActivation) and x.codes.dtype != self.scheme.dtype:
             x = x.dequantize()
         if not runs_native(self.scheme, self.backend, x.device):
             return self._dequantized_forward(x, weight, scale, bias)
-        quantized = x if isinstance(x, QuantizedActivation) else quantize_rows(x, codes)
+        quantized = x if isinstance(x, QuantizedActivation) else quantize_rows(x, self.scheme.codes)
         a = quantized.codes.reshape(-1, self.in_features)
         a_scale = quantized.scale.reshape(-1, 1)
         w_scale = scale.reshape(1, -1).expand(1, self.out_features).contiguous()
         out_bias = bias.to(backends.OUT_DTYPE) if bias is not None else None
-        choice = backends.choose(codes, self.backend, a, a_scale, weight, w_scale, out_bias)
-        if choice == "dequant":
-            return self._dequantized_forward(quantized, weight, scale, bias)
-        out = backends.GEMMS[choice](a, a_scale, weight, w_scale, out_bias)
+        out = custom_ops.w8a8_gemm(a, a_scale, weight, w_scale, out_bias, self.backend)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _dequantized_forward(self, x: torch.Tensor | QuantizedActivation, weight: torch.Tensor, scale: torch.Tensor,
@@ -118,14 +113,40 @@ class QuantLinear(nn.Module):
         if isinstance(x, QuantizedActivation):
             x = x.dequantize(dtype)
         elif self.emulate_activations:
-            x = quantize_rows_reference(x, self.scheme.codes).dequantize(dtype)
-        return F.linear(x.to(dtype), (weight.float() * scale).to(dtype), bias)
+            x = quantize_rows(x, self.scheme.codes).dequantize(dtype)
+        return custom_ops.dequant_linear(x, weight, scale, bias, dtype)
+
+
+# The path of each (codes, backend, device): (native W8A8 GEMM, fused input quantization). Decided once, eagerly,
+# so that compiled code reads a constant here instead of tracing device checks (`prepare_paths` fills it ahead of
+# `torch.compile`).
+_PATHS: dict[tuple[str, str, str, int | None], tuple[bool, bool]] = {}
+
+
+def _path(scheme: QuantScheme, backend: str, device: torch.device) -> tuple[bool, bool]:
+    key = (scheme.codes, backend, device.type, device.index)
+    if key not in _PATHS:
+        native = _runs_native(scheme, backend, device)
+        _PATHS[key] = (native, native and use_triton(device))
+    return _PATHS[key]
+
+
+def prepare_paths(model: nn.Module, devices: Iterable[torch.device]) -> None:
+    """Decide the path of every quantized layer of ``model`` on each of ``devices`` now (see `_PATHS`)."""
+    for module in model.modules():
+        if isinstance(module, (QuantLinear, GeluTanhQuantize)):
+            for device in devices:
+                _path(module.scheme, module.backend, torch.device(device))
 
 
 def runs_native(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
     """Whether a layer of ``scheme`` takes the native W8A8 path on ``device`` (else it dequantizes). An explicit
     backend that cannot run there is reported once (`backends.warn_fallback`); its shape limits are checked per
     call by `backends.choose`."""
+    return _path(scheme, backend, device)[0]
+
+
+def _runs_native(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
     if backend == "auto":
         return native_gemm(scheme.codes, device)
     if backend == "dequant":
@@ -161,7 +182,7 @@ class GeluTanhQuantize(nn.Module):
 
 def fuses_quantization(scheme: QuantScheme, backend: str, device: torch.device) -> bool:
     """Whether the op producing a ``scheme`` layer's input should emit quantized codes on ``device``."""
-    return use_triton(device) and runs_native(scheme, backend, device)
+    return _path(scheme, backend, device)[1]
 
 
 class QuantOps(TorchOps):
@@ -190,6 +211,13 @@ class QuantOps(TorchOps):
             return self
         ops = copy.copy(self)
         ops.float_names = names
+        return ops
+
+    def for_block(self, prefix: str) -> "QuantOps":
+        start = len(prefix) + 1
+        ops = copy.copy(self)
+        ops.layers = {name[start:]: scheme for name, scheme in self.layers.items() if name.startswith(f"{prefix}.")}
+        ops.float_names = frozenset(name[start:] for name in self.float_names if name.startswith(f"{prefix}."))
         return ops
 
     def _fused(self, name: str, device: torch.device) -> QuantScheme | None:

@@ -3,7 +3,8 @@
 One kernel serves FP8 e4m3 (fp32 accumulation) and INT8 (int32 accumulation); the row × column scales, the
 bias and the bf16 cast happen on the accumulator tile in registers. On Hopper (SM 9.x) a persistent variant
 moves the tiles with the tensor-memory accelerator (TMA descriptors: no address arithmetic or masks in the main
-loop, bounds handled by the hardware) and keeps one program per SM walking the tiles in grouped order.
+loop, bounds handled by the hardware) and keeps one program per SM walking the tiles in grouped order, with a tile
+from a fixed table (`tma_config`); the portable tiled kernel is autotuned once per row bucket.
 Imported only when Triton is installed; `kernels.backends` is the entry point.
 """
 
@@ -18,7 +19,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .capability import compute_capability, device_index, m_bucket
 
-# The autotuners pick a tile per (rows rounded up to a power of two, N, K, codes): ``M_BUCKET`` is a kernel argument
+# The autotuner picks a tile per (rows rounded up to a power of two, N, K, codes): ``M_BUCKET`` is a kernel argument
 # only for this key, so a new token count in a known bucket does not tune again.
 TUNING_KEY = ["M_BUCKET", "N", "K", "INT8"]
 # Tiles that fill an H100 at Wan shapes (M in the tens of thousands, N and K of 5120/13824), plus smaller
@@ -33,27 +34,20 @@ TUNING_CONFIGS = [
 ]
 
 
-def _set_tma_blocks(args: dict) -> None:
-    """Autotuner pre-hook: the descriptors' block shapes follow the tile of the config being run."""
-    block_m, block_n, block_k = args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"]
-    args["a_desc"].block_shape = [block_m, block_k]
-    args["w_desc"].block_shape = [block_n, block_k]
-    args["out_desc"].block_shape = [block_m, block_n]
+# Persistent TMA tiles for Hopper, a fixed table (no autotuner: the descriptors' block shapes must match the tile, and
+# a fixed choice keeps the launch free of tuning hooks under `torch.compile`). 128 × 256 with 8 warps (two
+# warpgroups, 64 rows each) is the largest tile whose fp32 accumulator fits the registers; on an H100 it won at every
+# Wan shape in FP8 with 3 stages and group 8 (bench/RESULTS.md). Short or narrow GEMMs take 128 × 128, which
+# leaves more tiles to spread over the SMs.
+WIDE_TMA_TILE = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+NARROW_TMA_TILE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5}
 
 
-# Persistent TMA tiles for Hopper. 128 × 256 with 8 warps (two warpgroups, 64 rows each) is the largest tile whose
-# fp32 accumulator fits the registers; on an H100 it won at every Wan shape in FP8 with 3 stages
-# (bench/RESULTS.md), the others stay as candidates for other M/N/K and Hopper parts.
-TMA_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": group}, num_warps=8,
-                  num_stages=stages, pre_hook=_set_tma_blocks)
-    for group in (8, 16) for stages in (3, 4)
-] + [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=5,
-                  pre_hook=_set_tma_blocks),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3,
-                  pre_hook=_set_tma_blocks),
-]
+def tma_config(M: int, N: int, K: int) -> dict:
+    """The persistent kernel's tile for an (M, N, K) GEMM: `WIDE_TMA_TILE` where there are at least as many
+    128 × 256 tiles as an H100 has SMs (132), else `NARROW_TMA_TILE`."""
+    wide_tiles = triton.cdiv(M, 128) * triton.cdiv(N, 256)
+    return WIDE_TMA_TILE if wide_tiles >= 132 else NARROW_TMA_TILE
 
 
 @triton.jit
@@ -66,8 +60,8 @@ def _tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, M_BUCKET,
-                            NUM_PROGRAMS, HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr,
+def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, NUM_PROGRAMS,
+                            HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     k_steps = tl.cdiv(K, BLOCK_K)
@@ -92,9 +86,6 @@ def _scaled_gemm_tma_kernel(a_desc, w_desc, out_desc, a_scale_ptr, w_scale_ptr, 
         if HAS_BIAS:
             result += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         out_desc.store([off_m, off_n], result.to(tl.bfloat16))  # the store is clipped at the edges
-
-
-_tuned_tma_kernel = triton.autotune(configs=TMA_CONFIGS, key=TUNING_KEY)(_scaled_gemm_tma_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,15 +184,16 @@ def scaled_gemm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, w_
 def _persistent_gemm(a, a_scale, weight, w_scale, bias, out):
     M, K = a.shape
     N = weight.shape[0]
-    # Placeholder block shapes; the autotuner's pre-hook sets the tile's before every launch.
-    a_desc = TensorDescriptor.from_tensor(a, [1, 16])
-    w_desc = TensorDescriptor.from_tensor(weight, [1, 16])
-    out_desc = TensorDescriptor.from_tensor(out, [1, 16])
+    config = tma_config(M, N, K)
+    block_m, block_n, block_k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    a_desc = TensorDescriptor.from_tensor(a, [block_m, block_k])
+    w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
+    out_desc = TensorDescriptor.from_tensor(out, [block_m, block_n])
     programs = _sm_count(device_index(a.device))
-
-    def grid(meta):
-        return (min(programs, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
-
-    _tuned_tma_kernel[grid](a_desc, w_desc, out_desc, a_scale, w_scale, bias if bias is not None else w_scale,
-                            M, N, K, m_bucket(M), programs, HAS_BIAS=bias is not None, INT8=a.dtype == torch.int8)
+    grid = (min(programs, triton.cdiv(M, block_m) * triton.cdiv(N, block_n)),)
+    _scaled_gemm_tma_kernel[grid](a_desc, w_desc, out_desc, a_scale, w_scale, bias if bias is not None else w_scale,
+                                  M, N, K, programs, HAS_BIAS=bias is not None,
+                                  INT8=a.dtype == torch.int8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                  GROUP_M=config["GROUP_M"], num_warps=config["num_warps"],
+                                  num_stages=config["num_stages"])
     return out

@@ -99,7 +99,7 @@ class WanSelfAttention(nn.Module):
         k = self.ops.qk_norm_rope(self.k(x), self.norm_k.weight, rope, self.norm_k.eps, compute_dtype)
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, self.v(x)))
         heads = [t.transpose(1, 2).to(compute_dtype) for t in (q, k, v)]
-        out = self.ops.attention(*heads).transpose(1, 2).flatten(2)
+        out = self.ops.attention(*heads, kind="self").transpose(1, 2).flatten(2)
         return self.o(out)
 
 
@@ -123,7 +123,7 @@ class WanCrossAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute_dtype: torch.dtype):
         k = k.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
         v = v.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
-        return self.ops.attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.ops.attention(q, k, v, kind="cross").transpose(1, 2).flatten(2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
         """x: [B, S, D]; context: [B, image_tokens + 512, D] (image tokens first) -> [B, S, D]."""
@@ -149,7 +149,7 @@ class WanBlock(nn.Module):
     def __init__(self, ops: TorchOps, config: WanConfig, name: str):
         super().__init__()
         dim, self.eps, self.name = config.dim, config.eps, name
-        self.ops = ops
+        self.ops, self.block_ops = ops, ops.for_block(name)
         self.self_attn = WanSelfAttention(ops, config, f"{name}.self_attn")
         self.norm3 = FP32LayerNorm(dim, eps=config.eps)
         self.cross_attn = WanCrossAttention(ops, config, f"{name}.cross_attn")
@@ -169,13 +169,14 @@ class WanBlock(nn.Module):
         """Have the ops producing the inputs of ``layers`` (block linears, e.g. ``ffn.2``) return float, never a fused
         quantization (`TorchOps.float_inputs`); the linears stay as built. Returns the call that undoes it."""
         names = self.producers_of(layers)
-        ops, activation = self.ops, self.ffn[1]
+        ops, block_ops, activation = self.ops, self.block_ops, self.ffn[1]
         self.ops = ops.float_inputs(names)
+        self.block_ops = self.ops.for_block(self.name)
         if f"{self.name}.ffn.2" in names:
             self.ffn[1] = self.ops.gelu_tanh(name=f"{self.name}.ffn.2")
 
         def restore() -> None:
-            self.ops, self.ffn[1] = ops, activation
+            self.ops, self.block_ops, self.ffn[1] = ops, block_ops, activation
         return restore
 
     def forward(self, x: torch.Tensor, time: TimeConditioning, context: torch.Tensor,
@@ -183,16 +184,16 @@ class WanBlock(nn.Module):
         """x: [B, S, D] fp32 residual stream, updated in place and returned."""
         mod = time.to_tokens(self.modulation[0] + time.e0)  # [B, S or 1, 6, D]; the six chunks are views
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)
-        attn_in = self.ops.norm_modulate(x, shift_sa, scale_sa, self.eps, name=f"{self.name}.self_attn.q")
-        self.ops.gated_residual_(x, self.self_attn(attn_in, rope, compute_dtype), gate_sa)
-        cross_in = self.ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps,
-                                       name=f"{self.name}.cross_attn.q")
-        self.ops.gated_residual_(x, self.cross_attn(cross_in, context, compute_dtype), None)
-        for tokens in self.ops.token_chunks(x.shape[1]):
+        attn_in = self.block_ops.norm_modulate(x, shift_sa, scale_sa, self.eps, name="self_attn.q")
+        self.block_ops.gated_residual_(x, self.self_attn(attn_in, rope, compute_dtype), gate_sa)
+        cross_in = self.block_ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps,
+                                             name="cross_attn.q")
+        self.block_ops.gated_residual_(x, self.cross_attn(cross_in, context, compute_dtype), None)
+        for tokens in self.block_ops.token_chunks(x.shape[1]):
             part = x[:, tokens]
             shift, scale, gate = (_token_slice(m, tokens) for m in (shift_ff, scale_ff, gate_ff))
-            ffn_in = self.ops.norm_modulate(part, shift, scale, self.eps, name=f"{self.name}.ffn.0")
-            self.ops.gated_residual_(part, self.ffn(ffn_in), gate)
+            ffn_in = self.block_ops.norm_modulate(part, shift, scale, self.eps, name="ffn.0")
+            self.block_ops.gated_residual_(part, self.ffn(ffn_in), gate)
         return x
 
 

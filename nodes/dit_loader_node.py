@@ -6,6 +6,7 @@ quantized-at-load model is rounded once, which a LoRA node downstream of the loa
 from __future__ import annotations
 
 from ..expert_names import BOTH, EXPERTS
+from ..kernels.compile import COMPILE_MODES, compile_dit
 from ..kernels.ops import ATTENTION_BACKENDS
 from ..loaders import DitPlan, load_planned, plan_dit
 from ..loaders.lora.spec import LoraSpec
@@ -100,9 +101,14 @@ class WanExpressDiTLoader:
                 "file": file_input(),
                 **_lora_inputs("lora"),
                 **_lora_inputs("lora_2"),
-                "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "PyTorch attention kernel: "
-                              "auto lets PyTorch choose (flash / cuDNN on recent GPUs); the others ask for one, "
-                              "falling back to math where it cannot run."}),
+                "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "Attention kernel: "
+                              "auto runs self-attention with the pack's 8-bit kernel on GPUs with FP8 (RTX 40xx, "
+                              "H100 and newer) and lets PyTorch choose elsewhere; sage8 / sage8_bf16pv use the 8-bit "
+                              "kernel everywhere (FP8 or bf16 P·V); flash, efficient, cudnn and math ask PyTorch "
+                              "for one, falling back to math where it cannot run."}),
+                "compile": (list(COMPILE_MODES), {"default": "off", "tooltip": "torch.compile: block compiles "
+                            "each transformer block (one graph shared by all), full the whole forward (one graph, "
+                            "recompiles per resolution). The first run of a new resolution takes longer."}),
             },
         }
 
@@ -113,20 +119,20 @@ class WanExpressDiTLoader:
 
     @classmethod
     def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-                   **loras):
+                   compile: str = "off", **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
         the LoRAs it names, the chosen LoRAs), or an option does."""
-        return repr((_plan(model, quantization, file, loras).stamp(), dtype, attention))
+        return repr((_plan(model, quantization, file, loras).stamp(), dtype, attention, compile))
 
     def load(self, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-             **loras):
+             compile: str = "off", **loras):
         plan = _plan(model, quantization, file, loras)
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
         built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
                              ops_factory=lambda layers: NativeOps(layers, attention=attention),
                              model_class=NativeWanDiT)
         experts = built if plan.is_pair else (built,)
-        models = [core_model(expert) for expert in experts]
+        models = [core_model(compile_dit(expert, compile)) for expert in experts]
         return (models[0], models[1] if plan.is_pair else None)
 
 

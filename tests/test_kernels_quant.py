@@ -217,11 +217,18 @@ def test_the_block_producer_table_is_what_the_block_asks_its_ops_and_feeds_its_l
         return out
 
     class RecordingOps(TorchOps):
+        prefix = ""  # a block's forward names its producers relative to the block (`for_block`)
+
+        def for_block(self, prefix):
+            ops = RecordingOps()
+            ops.prefix = f"{prefix}."
+            return ops
+
         def norm_modulate(self, x, shift, scale, eps, *, name):
-            return record(name, super().norm_modulate(x, shift, scale, eps, name=name))
+            return record(self.prefix + name, super().norm_modulate(x, shift, scale, eps, name=name))
 
         def layer_norm(self, x, weight, bias, eps, *, name):
-            return record(name, super().layer_norm(x, weight, bias, eps, name=name))
+            return record(self.prefix + name, super().layer_norm(x, weight, bias, eps, name=name))
 
         def gelu_tanh(self, *, name):
             gelu = super().gelu_tanh(name=name)

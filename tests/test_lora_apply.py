@@ -215,7 +215,7 @@ def test_side_branch_reads_a_quantized_activation_fed_by_a_fused_op():
     layer.load_state_dict({"weight": codes, "weight_scale": scale, "bias": torch.zeros(32)}, assign=True)
     wrapper = LoraLinear(layer)
     down, up = torch.randn(2, 64, generator=generator), torch.randn(32, 2, generator=generator)
-    wrapper.branches.append(LoraBranch(down, up, scale=0.5, strengths=[2.0], index=0))
+    wrapper.branches.append(LoraBranch(down, up, scale=0.5, strength=2.0, index=0))
     activation = QuantizedActivation(*quantize_weight(torch.randn(3, 64, generator=generator), SCHEMES["fp8"]))
     plain = activation.dequantize()
     with torch.no_grad():

@@ -23,14 +23,14 @@ PERSISTENT_PROGRAMS = 3
 
 
 def persistent_gemm(a, a_scale, w, w_scale, bias, out) -> None:
-    """Launches the persistent kernel with the small tile (its autotuned wrapper needs a GPU)."""
+    """Launches the persistent kernel with the small tile (its wrapper sizes the tile for a GPU)."""
     tile = {key: SMALL_TILE[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
     descriptors = (TensorDescriptor.from_tensor(a, [tile["BLOCK_M"], tile["BLOCK_K"]]),
                    TensorDescriptor.from_tensor(w, [tile["BLOCK_N"], tile["BLOCK_K"]]),
                    TensorDescriptor.from_tensor(out, [tile["BLOCK_M"], tile["BLOCK_N"]]))
     M, K = a.shape
     triton_gemm._scaled_gemm_tma_kernel[(PERSISTENT_PROGRAMS,)](
-        *descriptors, a_scale, w_scale, bias, M, w.shape[0], K, M, PERSISTENT_PROGRAMS, HAS_BIAS=True,
+        *descriptors, a_scale, w_scale, bias, M, w.shape[0], K, PERSISTENT_PROGRAMS, HAS_BIAS=True,
         INT8=a.dtype == torch.int8, GROUP_M=SMALL_TILE["GROUP_M"], **tile)
 
 

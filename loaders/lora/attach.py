@@ -113,9 +113,10 @@ class LoraAttachment:
             if entry.role == "pair":
                 down, up = module.linear_factors()
                 scale = module.scale(self.plan.loras[entry.index].alpha)
-                branch = LoraBranch(down.to(device, dtype), up.to(device, dtype), scale, self.strengths, entry.index)
+                branch = LoraBranch(down.to(device, dtype), up.to(device, dtype), scale, self.strengths[entry.index],
+                                    entry.index)
             else:
-                branch = LoraBranch(None, module.diff.to(device, dtype), 1.0, self.strengths, entry.index)
+                branch = LoraBranch(None, module.diff.to(device, dtype), 1.0, self.strengths[entry.index], entry.index)
             wrapper.branches.append(branch)
         parent, _, child = layer.rpartition(".")
         self.model.get_submodule(parent).register_module(child, wrapper)
@@ -135,6 +136,10 @@ class LoraAttachment:
     def set_strength(self, index: int, strength: float) -> None:
         """Change the strength of LoRA ``index`` (stack order); takes effect at the next forward."""
         self.strengths[index] = float(strength)
+        for wrapper in self._wrapped.values():
+            for branch in wrapper.branches:
+                if branch.index == index:
+                    branch.set_strength(self.strengths[index])
         self._refresh([index])
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 
 `LoraLinear(base)` runs ``base(x)`` untouched, so a `QuantLinear` keeps its low-precision GEMM, and adds
 ``strength · scale · (x @ downᵀ) @ upᵀ`` per `LoraBranch` (or ``strength · x @ diffᵀ`` for a full-weight delta).
-Strengths are read from a shared list at every call, which is how `loaders.lora.attach` changes them without reloading.
+Each branch holds ``strength · scale`` as a 0-d tensor that `loaders.lora.attach` overwrites in place, so a strength
+change needs no reload, and a compiled graph (which reads the tensor as an input) never runs a stale value.
 """
 
 from __future__ import annotations
@@ -29,19 +30,22 @@ class LoraBranch(nn.Module):
     Args:
         down, up: the factors, already in the compute dtype (buffers, not saved in the state dict).
         scale: alpha / rank (1 for a full diff).
-        strengths: list shared with the owner of the stack; ``strengths[index]`` is read at every call.
+        strength: the LoRA's strength now; `set_strength` changes it.
+        index: the LoRA's place in the stack of its owner.
     """
 
-    def __init__(self, down: torch.Tensor | None, up: torch.Tensor, scale: float, strengths: Sequence[float],
-                 index: int):
+    def __init__(self, down: torch.Tensor | None, up: torch.Tensor, scale: float, strength: float, index: int):
         super().__init__()
         self.register_buffer("down", down, persistent=False)
         self.register_buffer("up", up, persistent=False)
-        self.scale, self.strengths, self.index = scale, strengths, index
+        self.register_buffer("factor", torch.tensor(strength * scale, dtype=torch.float32, device=up.device),
+                             persistent=False)
+        self.scale, self.index = scale, index
 
-    @property
-    def factor(self) -> float:
-        return self.strengths[self.index] * self.scale
+    @torch.no_grad()
+    def set_strength(self, strength: float) -> None:
+        """In place: the tensor stays the one the model (and any compiled graph of it) holds."""
+        self.factor.fill_(strength * self.scale)
 
     def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         """x: [..., in] -> [..., out] in the branch dtype, without the strength factor.
@@ -68,7 +72,5 @@ class LoraLinear(nn.Module):
         """x: [..., in] -> [..., out] in the base's output dtype."""
         out = self.base(x)
         for branch in self.branches:
-            factor = branch.factor
-            if factor:
-                out = out + (factor * branch(x)).to(out.dtype)
+            out = out + (branch.factor * branch(x)).to(out.dtype)
         return out
