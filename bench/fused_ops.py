@@ -59,7 +59,7 @@ class CountedAttention:
 
     counter: "ByteCounter | None" = None
 
-    def attention(self, q, k, v):
+    def attention(self, q, k, v, kind="self"):
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if self.counter is not None:
             self.counter.bytes["attention"] += sum(t.numel() * t.element_size() for t in (q, k, v, out))
