@@ -5,7 +5,9 @@ the bytes one whole bf16 block moves before and after the fusion.
 Bytes are counted, not guessed: every PyTorch op the code runs is intercepted (a dispatch mode on meta tensors, so
 the real shapes cost no memory) and charged its tensor inputs and outputs once (views are free; a fused op is one
 op). Block bytes are split into GEMM weights/activations, attention inputs/outputs and the rest (the part the fusion
-changes). Times are CUDA-event medians on a GPU; ``--tiny`` runs the same code at tiny shapes on the CPU.
+changes); the block's activation peak is followed the same way (bytes of the tensors its ops create, while alive),
+also with the FFN chunked over tokens (`TorchOps.ffn_chunk_tokens`). Times are CUDA-event medians on a GPU;
+``--tiny`` runs the same code at tiny shapes on the CPU.
 
     python bench/fused_ops.py [--json fused_ops.json] [--repeats 20] [--tiny]
 """
@@ -16,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,8 +29,8 @@ from wan_express.models import RELEASED_CONFIGS, WanConfig
 from wan_express.models.wan_dit import TimeConditioning, WanBlock
 
 REAL = dict(config=RELEASED_CONFIGS["Wan2.1-T2V-14B"], grid=(21, 30, 52))  # 480p, 81 frames: 32,760 tokens
-TINY = dict(config=WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=1, text_dim=64),
-            grid=(3, 4, 5))
+TINY = dict(config=WanConfig("t2v", 16, 16, dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=64),
+            grid=(4, 8, 8))
 GEMMS = ("mm", "addmm", "bmm", "_scaled_mm", "_int_mm")
 ALLOCATIONS = ("empty", "new_empty", "empty_like", "empty_strided")
 
@@ -81,16 +84,32 @@ class EagerOps(CountedAttention, TorchOps):
 
 
 class ByteCounter(TorchDispatchMode):
-    """Sums, per category, the bytes of the tensor inputs and outputs of every op run under it (views excluded)."""
+    """Sums, per category, the bytes of the tensor inputs and outputs of every op run under it (views excluded), and
+    follows the bytes of the tensors those ops create while they live (``peak``: the most at once)."""
 
     def __init__(self):
         super().__init__()
         self.bytes = {"gemm": 0, "attention": 0, "other": 0}
+        self.live = self.peak = 0
+
+    def _created(self, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(tensor, self._freed, size)
+
+    def _freed(self, size: int) -> None:
+        self.live -= size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not func.is_view and func.__name__.split(".")[0] not in ALLOCATIONS:
+        name = func.__name__.split(".")[0]
+        if not func.is_view and not name.endswith("_") and "out" not in kwargs:
+            for tensor in torch.utils._pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    self._created(tensor)
+        if not func.is_view and name not in ALLOCATIONS:
             tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
             moved = sum(t.numel() * t.element_size() for t in tensors)
             name = func.__name__.split(".")[0]
@@ -99,12 +118,13 @@ class ByteCounter(TorchDispatchMode):
 
 
 def count_bytes(fn, *args, ops: CountedAttention | None = None) -> dict[str, int]:
+    """Bytes moved by ``fn(*args)`` per kind, and ``peak``: the most bytes of tensors it created alive at once."""
     counter = ByteCounter()
     if ops is not None:
         ops.counter = counter
     with torch.no_grad(), counter:
         fn(*args)
-    return counter.bytes
+    return {**counter.bytes, "peak": counter.peak}
 
 
 def op_cases(config: WanConfig, grid, device) -> dict:
@@ -155,12 +175,14 @@ def median_ms(fn, args, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def block_bytes(config: WanConfig, grid) -> dict:
-    """Bytes one bf16 block moves with the eager ops and with the fused ones (meta tensors, real shapes)."""
+def block_bytes(config: WanConfig, grid, chunk_tokens: int) -> dict:
+    """Bytes one bf16 block moves, and its activation peak, with the eager ops, the fused ones, and the fused ones
+    with the FFN chunked (meta tensors, real shapes)."""
     tokens = grid[0] * grid[1] * grid[2]
     meta = torch.device("meta")
     result = {}
-    for label, ops in (("eager", EagerOps()), ("fused", FusedOps())):
+    for label, ops in (("eager", EagerOps()), ("fused", FusedOps()),
+                       (f"fused, FFN in {chunk_tokens}-token chunks", FusedOps(ffn_chunk_tokens=chunk_tokens))):
         with meta:
             block = WanBlock(ops, config, "blocks.0").requires_grad_(False)
         for module in block.modules():
@@ -180,6 +202,7 @@ def main() -> None:
     parser.add_argument("--json", default="fused_ops.json")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (smoke test)")
+    parser.add_argument("--ffn-chunk-tokens", type=int, default=8192, help="chunk size of the chunked-FFN row")
     args = parser.parse_args()
     shapes = TINY if args.tiny else REAL
     config, grid = shapes["config"], shapes["grid"]
@@ -202,12 +225,14 @@ def main() -> None:
             print(f"{name:<28} {label:<6} {ms:9.3f} {moved / 1e6:10.1f} {moved / ms / 1e6:8.0f}")
         row["speedup"] = row["eager"]["ms"] / row["fused"]["ms"]
         report["ops"].append(row)
-    blocks = block_bytes(config, grid)
+    chunk = args.ffn_chunk_tokens if not args.tiny else 64
+    blocks = block_bytes(config, grid, chunk)
     report["block_bytes"] = {label: counted["other"] for label, counted in blocks.items()}
     report["block_bytes_by_kind"] = blocks
-    print("one bf16 block, GB moved (gemm / attention / other non-GEMM):")
+    print("one bf16 block: GB moved by GEMMs / attention / the rest (non-GEMM), activation peak:")
     for label, counted in blocks.items():
-        print(f"  {label:<6} " + " / ".join(f"{counted[kind] / 1e9:.2f}" for kind in ("gemm", "attention", "other")))
+        print(f"  {label:<32} " + " / ".join(f"{counted[kind] / 1e9:.3f}" for kind in ("gemm", "attention", "other"))
+              + f", peak {counted['peak'] / 1e6:.1f} MB")
     with open(args.json, "w") as file:
         json.dump(report, file, indent=1)
 

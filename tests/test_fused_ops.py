@@ -201,4 +201,6 @@ def test_fused_ops_bench_runs_tiny(tmp_path):
         assert row["eager"]["ms"] > 0 and row["fused"]["ms"] > 0 and row["fused"]["bytes"] < row["eager"]["bytes"]
     block = report["block_bytes"]
     assert block["fused"] < block["eager"]
+    peaks = {label: counted["peak"] for label, counted in report["block_bytes_by_kind"].items()}
+    assert peaks["fused, FFN in 64-token chunks"] < peaks["fused"] <= peaks["eager"], peaks
     assert "GB/s" in done.stdout
