@@ -23,6 +23,7 @@ from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ...models.streaming import budgeted
 from ...models.unsupported import refuse_unsupported
+from ...models.wan_vace import vace_model_class
 from ..files import TensorEntry, TensorView, open_tensors
 from ..lora.merge import AppliedLora, LoraPlan, merged_view
 from ..lora.spec import LoraSpec, load_loras
@@ -77,7 +78,7 @@ def open_dit(path: str | Path, file: str | None = None) -> DitSource:
     Raises:
         ModelFormatError: a Wan2.2 A14B folder (use `open_dit_pair`), several models without ``file``, a file that
             is not a DiT (the message says what it is), or corrupt data.
-        UnsupportedModelError: VACE, Animate and quantization formats we cannot run.
+        UnsupportedModelError: Animate and quantization formats we cannot run.
         MissingComponentError: nothing found.
     """
     target = resolve_target(Path(path), file)
@@ -165,12 +166,15 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
         tensors = merged_view(_fp32_targets(tensors, plan.keys(), layers), plan, layers)
     if quantization in _CODES:
         tensors, layers = quantized(tensors, layers, _CODES[quantization], is_quantization_target)
+    if source.config.is_vace:
+        model_class = vace_model_class(model_class)
     model = model_class.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
                                         ops=ops_factory(layers), source=source.name)
     cfg = model.config
     schemes = sorted({f"{s.codes}/{s.granularity}" for s in layers.values()}) or [str(dtype).removeprefix("torch.")]
-    log.info("Wan DiT %s (%s%s): %s, dim %d, %d blocks, %s on %s", source.name, source.layout,
-             f", {source.role} noise" if source.role else "", cfg.model_type, cfg.dim, cfg.num_layers,
+    log.info("Wan DiT %s (%s%s): %s%s, dim %d, %d blocks, %s on %s", source.name, source.layout,
+             f", {source.role} noise" if source.role else "", cfg.model_type,
+             f" VACE ({len(cfg.vace_layers)} hint blocks)" if cfg.is_vace else "", cfg.dim, cfg.num_layers,
              "+".join(schemes), device)
     return model
 
@@ -205,7 +209,7 @@ def _read_unit(unit: ModelUnit) -> RawUnit:
 
 
 def open_unit(unit: ModelUnit) -> DitSource:
-    """Open resolved files as a `DitSource` (refusing VACE / Animate and anything that is not a DiT)."""
+    """Open resolved files as a `DitSource` (refusing Animate and anything that is not a DiT)."""
     name = str(unit.path)
     found = _read_unit(unit)
     raw, metadata, layout = found.raw, found.metadata, found.layout
@@ -261,12 +265,20 @@ def _cross_check(config: WanConfig, data: dict[str, Any] | None, path: Path | No
     """Tensors decide the architecture; config.json adds eps/text_len and any disagreement is logged."""
     if data is None:
         return config, "inferred from tensors"
+    if not config.is_vace and (data.get("_class_name") == "VaceWanModel" or "vace_layers" in data):
+        raise ModelFormatError(f"{path} describes a Wan2.1 VACE model but the weights hold no vace_* tensors; for a "
+                               "VACE module file, load the Wan2.1 T2V base model with it as vace_module")
     conflicts = [f"{key} {data[key]} (tensors: {getattr(config, key)})" for key in _CROSS_CHECKED
                  if key in data and data[key] != getattr(config, key)]
     if conflicts:
         log.warning("%s disagrees with the weights, which win: %s", path, "; ".join(conflicts))
     try:
         extra = {key: type(getattr(config, key))(data[key]) for key in _CONFIG_ONLY if key in data}
+        if config.is_vace and data.get("vace_layers"):  # the tensors only show how many
+            extra["vace_layers"] = tuple(int(i) for i in data["vace_layers"])
+            if len(extra["vace_layers"]) != len(config.vace_layers):
+                raise ModelFormatError(f"{path}: vace_layers lists {len(extra['vace_layers'])} blocks but the "
+                                       f"weights hold {len(config.vace_layers)} vace_blocks")
     except (TypeError, ValueError) as error:
         raise ModelFormatError(f"{path}: {error}") from None
     return dataclasses.replace(config, **extra), ("inferred from tensors, config.json disagrees" if conflicts
