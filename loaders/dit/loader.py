@@ -33,6 +33,7 @@ from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
 from .layouts import KeyLayout, detect_key_layout
 from .plan import DitPlan, pair_of, plan_dit, resolve_target
 from .quant_targets import is_quantization_target
+from .vace_module import attach_vace_module
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "load_planned", "open_dit", "open_dit_pair",
            "open_unit"]
@@ -102,7 +103,8 @@ def open_dit_pair(path: str | Path, high_file: str | None = None,
 def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None = None, quantization: str = "auto",
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
-             vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+             vram_budget_gb: float | None = None,
+             vace_module: str | Path | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run: `plan_dit` then `load_planned`.
 
     Args:
@@ -126,27 +128,34 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
             runs (asynchronously, ahead of use), the rest streams block by block (`models.streaming`). The
             parameters then report the CPU between runs: give ``sample`` the ``device``. None: the weights are
             placed on ``device`` now.
+        vace_module: a Wan2.1 VACE module file (only ``vace_*`` tensors) to attach to this Wan2.1 T2V model of the
+            same size (`vace_module.attach_vace_module`); the result is the VACE model.
     """
     return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
-                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb)
+                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb, vace_module=vace_module)
 
 
 def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                  ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
                  model_class: type[WanDiT] = WanDiT,
-                 vram_budget_gb: float | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+                 vram_budget_gb: float | None = None,
+                 vace_module: str | Path | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair.
 
     ``model_class``: a `WanDiT` subclass to build (a host's adapter with the same parameters), else `WanDiT`.
-    ``vram_budget_gb``: see `load_dit`.
+    ``vram_budget_gb``, ``vace_module``: see `load_dit`.
     """
+    if vace_module is not None and plan.is_pair:
+        raise ModelFormatError(f"{plan.path}: a VACE module attaches to a Wan2.1 T2V model, not to a Wan2.2 pair")
     if vram_budget_gb is not None:  # memory option: built on the host, run from pinned copies under the budget
-        models = load_planned(plan, device="cpu", dtype=dtype, ops_factory=ops_factory, model_class=model_class)
+        models = load_planned(plan, device="cpu", dtype=dtype, ops_factory=ops_factory, model_class=model_class,
+                              vace_module=vace_module)
         budgeted(models if plan.is_pair else (models,), vram_budget_gb, device)
         return models
     specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
-    models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory, model_class,
+    models = tuple(_build(_with_module(open_unit(unit), vace_module), plan.quantization, device, dtype, ops_factory,
+                          model_class,
                           [applied[spec] for spec in unit_loras])
                    for unit, unit_loras in zip(plan.units, plan.loras))
     return models if plan.is_pair else models[0]
@@ -177,6 +186,10 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
              f" VACE ({len(cfg.vace_layers)} hint blocks)" if cfg.is_vace else "", cfg.dim, cfg.num_layers,
              "+".join(schemes), device)
     return model
+
+
+def _with_module(source: DitSource, vace_module: str | Path | None) -> DitSource:
+    return source if vace_module is None else attach_vace_module(source, vace_module)
 
 
 def _fp32_targets(view: TensorView, keys: list[str], layers: Mapping[str, QuantScheme]) -> TensorView:
