@@ -10,6 +10,9 @@
 - each reference image [3, H, W] encoded as one latent frame (plus 16 zero channels, a zero mask), prepended in the
   given order; the sampler's latent has R = len(reference_images) extra frames at the front, cut from the output.
 
+`vace_to_video(context, vace, negative_context)` makes the sampler's `Conditioning`; `trim_references(latent, vace)`
+cuts the reference frames from the sampled latent before decoding.
+
 ``encode`` is the Wan2.1 VAE's normalised encoder: [3, F, H, W] in [-1, 1] -> [16, (F + 3) // 4, H / 8, W / 8].
 """
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from .conditioning import Conditioning
 
 SPATIAL, TEMPORAL = 8, 4
 # Pixel sizes must be whole patches of latent pixels: 8 (VAE) x 2 (DiT patch).
@@ -116,3 +120,16 @@ def vace_conditioning(encode: Callable[[torch.Tensor], torch.Tensor], num_frames
         raise InvalidInputError(f"the VAE gave latents {tuple(latents.shape)} but the mask packs to "
                                 f"{tuple(masks.shape)}; is this a Wan2.1 VAE?")
     return VaceConditioning(torch.cat([latents, masks], dim=0)[None], len(references), float(strength))
+
+
+def vace_to_video(context: torch.Tensor, vace: VaceConditioning,
+                  negative_context: torch.Tensor | None = None) -> Conditioning:
+    """The sampler's conditioning for a VACE model: text contexts [1, L, text_dim] and the VACE context (both CFG
+    branches take it, as official)."""
+    return Conditioning(context=context, latent_shape=vace.latent_shape, negative_context=negative_context,
+                        vace_context=vace.context, vace_strength=vace.strength)
+
+
+def trim_references(latent: torch.Tensor, vace: VaceConditioning) -> torch.Tensor:
+    """latent [B, C, R + F', h, w] -> [B, C, F', h, w]: the reference frames removed."""
+    return latent[:, :, vace.trim:]
