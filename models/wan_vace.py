@@ -59,9 +59,18 @@ class VaceMixin:
         """The velocity of the base forward (shapes there), with VACE hints when ``vace_context`` is given.
 
         Args:
-            vace_context: [B, vace_in_dim, F, H, W] with the latent's F, H, W (reference frames included).
-            vace_strength: the context scale multiplying every hint (official ``context_scale``).
+            vace_context: [B, vace_in_dim, F, H, W] with the latent's F, H, W (reference frames included); core's
+                stacked form [B, 1, vace_in_dim, F, H, W] is taken too.
+            vace_strength: the context scale multiplying every hint (official ``context_scale``); or core's
+                one-element list.
         """
+        if vace_context is not None and vace_context.dim() == 6:  # core's stack of contexts [B, N, 96, F, H, W]
+            if vace_context.shape[1] != 1:
+                raise InvalidInputError(f"this VACE model takes one VACE conditioning; got {vace_context.shape[1]} "
+                                        "(chained VACE nodes): use one")
+            vace_context = vace_context[:, 0]
+        if isinstance(vace_strength, (list, tuple)):  # core's per-context strengths
+            vace_strength = vace_strength[0]
         if vace_context is not None:
             expected = (x.shape[0], self.config.vace_in_dim, *x.shape[2:])
             if vace_context.dim() != 5 or tuple(vace_context.shape) != expected:

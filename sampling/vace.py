@@ -61,7 +61,8 @@ def mask_channels(mask: torch.Tensor, references: int = 0) -> torch.Tensor:
     """mask [F, H, W] (values in [0, 1]) -> [64, R + (F + 3) // 4, H / 8, W / 8], zeros for the R references."""
     frames, height, width = mask.shape
     h, w = height // SPATIAL, width // SPATIAL
-    packed = mask.reshape(frames, h, SPATIAL, w, SPATIAL).permute(2, 4, 0, 1, 3).reshape(SPATIAL * SPATIAL, frames, h, w)
+    packed = mask.reshape(frames, h, SPATIAL, w, SPATIAL).permute(2, 4, 0, 1, 3)
+    packed = packed.reshape(SPATIAL * SPATIAL, frames, h, w)
     packed = F.interpolate(packed[None], size=((frames + TEMPORAL - 1) // TEMPORAL, h, w), mode="nearest-exact")[0]
     return torch.cat([packed.new_zeros(SPATIAL * SPATIAL, references, h, w), packed], dim=1)
 
