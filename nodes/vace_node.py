@@ -80,7 +80,8 @@ class WanExpressVaceConditioning:
             "optional": {
                 "control_video": ("IMAGE", {"tooltip": "Frames to follow or to inpaint; resized, padded grey."}),
                 "control_masks": ("MASK", {"tooltip": "1 where the model generates, 0 where the control video is "
-                                          "kept; none: generate everywhere."}),
+                                          "kept; one mask applies to every frame, fewer than length are padded "
+                                          "with 1; none: generate everywhere."}),
                 "reference_image": ("IMAGE", {"tooltip": "A subject / style reference (its first frame)."}),
             },
         }
@@ -93,6 +94,8 @@ class WanExpressVaceConditioning:
             return vae.encode(video[None], interrupt=host.interrupt_check())[0].float()
 
         frames = None if control_video is None else _video(control_video, length, width, height, 0.5) * 2 - 1
+        if control_masks is not None and control_masks.dim() == 3 and control_masks.shape[0] == 1:
+            control_masks = control_masks.expand(length, -1, -1)  # one mask (e.g. from LoadImage) for every frame
         mask = None if control_masks is None else _video(control_masks, length, width, height, 1.0)[0]
         references = ([] if reference_image is None
                       else [_video(reference_image[:1], 1, width, height, 1.0)[:, 0] * 2 - 1])
