@@ -18,6 +18,7 @@ from .loaders.components import TEXT_ENCODER_FILE, TOKENIZER_DIR
 from .loaders.dit.folders import CONFIG_NAME, INDEX_NAME
 from .models import T5Config, UMT5Encoder, VaeConfig, WanConfig, WanDiT
 from .models.latent_spaces import latent_space_of_vae
+from .models.wan_vace import vace_model_class
 
 # Two 256-wide blocks: every code path of a Wan2.1 T2V model, on CPU in milliseconds.
 TINY_CONFIG = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
@@ -49,7 +50,7 @@ def random_dit_weights(config: WanConfig = TINY_CONFIG, seed: int = 0,
                        dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Official-named random DiT tensors, rounded to ``dtype``."""
     with torch.device("cpu"):
-        model = WanDiT(config)
+        model = vace_model_class()(config) if config.is_vace else WanDiT(config)
     random_weights_(model, seed)
     return {key: tensor.to(dtype).contiguous() for key, tensor in model.state_dict().items()}
 

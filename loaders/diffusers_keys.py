@@ -1,4 +1,4 @@
-"""diffusers ``WanTransformer3DModel`` key names -> official Wan names (spec formats.md §6.1), as tables.
+"""diffusers ``WanTransformer3DModel`` / ``WanVACETransformer3DModel`` key names -> official Wan names (spec formats.md §6.1), as tables.
 
 Keys are mapped by structure (module path, then parameter name), never by substring replacement, so
 ``attn2.add_k_proj`` cannot be mistaken for ``attn2.to_k`` and the norm2/norm3 swap needs no placeholder.
@@ -14,6 +14,7 @@ from ..errors import ModelFormatError
 # Top-level diffusers module -> official module (parameters such as .weight/.bias/.weight_scale follow unchanged).
 TOP_MODULES = {
     "patch_embedding": "patch_embedding",
+    "vace_patch_embedding": "vace_patch_embedding",
     "condition_embedder.time_embedder.linear_1": "time_embedding.0",
     "condition_embedder.time_embedder.linear_2": "time_embedding.2",
     "condition_embedder.time_proj": "time_projection.1",
@@ -56,7 +57,10 @@ BLOCK_MODULES = {
 
 BLOCK_PARAMETERS = {"scale_shift_table": "modulation"}
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# ``WanVACETransformer3DModel``: a ``vace_blocks.N.`` block is a base block plus these projections.
+VACE_BLOCK_MODULES = {**BLOCK_MODULES, "proj_in": "before_proj", "proj_out": "after_proj"}
+
+_BLOCK = re.compile(r"^(blocks|vace_blocks)\.(\d+)\.(.+)$")
 
 
 def official_key(key: str, *, source: str) -> str:
@@ -66,15 +70,15 @@ def official_key(key: str, *, source: str) -> str:
         ModelFormatError: the key is not part of the Wan transformer.
     """
     if block := _BLOCK.match(key):
-        index, rest = block.groups()
-        mapped = _map(rest, BLOCK_MODULES, BLOCK_PARAMETERS)
+        kind, index, rest = block.groups()
+        mapped = _map(rest, BLOCK_MODULES if kind == "blocks" else VACE_BLOCK_MODULES, BLOCK_PARAMETERS)
         if mapped is not None:
-            return f"blocks.{index}.{mapped}"
+            return f"{kind}.{index}.{mapped}"
     else:
         mapped = _map(key, TOP_MODULES, TOP_PARAMETERS)
         if mapped is not None:
             return mapped
-    raise ModelFormatError(f"{source}: diffusers key {key!r} has no official Wan counterpart (VACE, Animate and "
+    raise ModelFormatError(f"{source}: diffusers key {key!r} has no official Wan counterpart (Animate and "
                            "other transformer classes are not supported)")
 
 

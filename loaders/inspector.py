@@ -3,7 +3,7 @@
 Also the ``python -m wan_express inspect PATH`` subcommand (`add_arguments`, `run`). The report names the family,
 variant, size, expert role, layout, precision and quantization, prefixes, what a ``convert`` export records about
 itself (source, merged LoRAs, scheme), the components found beside the model and what is missing, with
-plain-language hints. Recognised models we cannot run (VACE, Animate) are named too.
+plain-language hints. Recognised models we cannot run (Animate) are named too.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _source_report(source: DitSource) -> dict[str, Any]:
         "path": str(source.path),
         "supported": True,
         "family": _family(source),
-        "variant": config.model_type,
+        "variant": "vace" if config.is_vace else config.model_type,
         "size": SIZE_OF_DIM.get(config.dim, f"custom (dim {config.dim}, {config.num_layers} blocks)"),
         "role": source.role,
         "layout": source.layout,
@@ -108,7 +108,9 @@ def _source_report(source: DitSource) -> dict[str, Any]:
         "quantization": quant,
         "config": {"model_type": config.model_type, "in_dim": config.in_dim, "out_dim": config.out_dim,
                    "dim": config.dim, "ffn_dim": config.ffn_dim, "num_heads": config.num_heads,
-                   "num_layers": config.num_layers, "clip_branch": config.clip_branch},
+                   "num_layers": config.num_layers, "clip_branch": config.clip_branch,
+                   **({"vace_layers": list(config.vace_layers), "vace_in_dim": config.vace_in_dim}
+                      if config.is_vace else {})},
         "config_origin": source.details["config_origin"],
         "parameters": parameters,
         "export": source.details["export"],
@@ -125,8 +127,8 @@ def _precision(quant: dict[str, Any]) -> str:
 
 def _family(source: DitSource) -> str:
     config = source.config
-    if config.clip_branch or config.dim == 1536:
-        return "Wan2.1"  # only Wan2.1 has the CLIP branch and the 1.3B size
+    if config.clip_branch or config.dim == 1536 or config.is_vace:
+        return "Wan2.1"  # only Wan2.1 has the CLIP branch, VACE and the 1.3B size
     if config.model_type == "ti2v" or config.model_type == "i2v" or source.role is not None:
         return "Wan2.2"  # TI2V-5B, the CLIP-less I2V experts, and anything named as an expert
     for pattern, family in FAMILY_PATTERNS:

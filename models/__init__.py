@@ -7,6 +7,7 @@ from .vae2_1 import WAN21_VAE, VaeConfig, WanVAE, WanVAE21
 from .vae2_2 import WAN22_VAE, WanVAE22
 from .wan_config import RELEASED_CONFIGS, WanConfig
 from .wan_dit import WanDiT
+from .wan_vace import WanVaceDiT
 
 __all__ = [
     "LATENT_SPACES",
@@ -24,6 +25,7 @@ __all__ = [
     "VaeConfig",
     "WanConfig",
     "WanDiT",
+    "WanVaceDiT",
     "WanVAE",
     "WanVAE21",
     "WanVAE22",

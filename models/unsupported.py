@@ -1,4 +1,4 @@
-"""Wan variants that are recognised but cannot run yet (VACE, Animate), and the one check that refuses them.
+"""Wan variants that are recognised but cannot run yet (Animate), and the one check that refuses them.
 
 The DiT loader runs it on a file's official-named keys and its ``config.json`` before anything else is read (the
 inspector reports the variant from the error); `WanConfig` runs it too, so that a state dict or a config handed
@@ -11,23 +11,18 @@ from typing import Any, Container, Mapping
 
 from ..errors import UnsupportedVariantError
 
-VACE = ("vace", "Wan2.1 VACE")
 ANIMATE = ("animate", "Wan2.2 Animate-14B")
 
 # Official key that only the variant has -> (variant, plain name).
 UNSUPPORTED_KEYS = {
-    "vace_patch_embedding.weight": VACE,
     "pose_patch_embedding.weight": ANIMATE,
 }
 # config.json ``_class_name`` -> (variant, plain name).
 UNSUPPORTED_CLASSES = {
-    "VaceWanModel": VACE,
     "WanAnimateModel": ANIMATE,
 }
 # config.json field that only the variant has -> (variant, plain name).
-UNSUPPORTED_CONFIG_FIELDS = {
-    "vace_layers": VACE,
-}
+UNSUPPORTED_CONFIG_FIELDS: dict[str, tuple[str, str]] = {}
 
 
 def refuse_unsupported(keys: Container[str], config_json: Mapping[str, Any] | None, source: str) -> None:

@@ -7,6 +7,7 @@ tensor names and shapes alone (a safetensors header is enough), so a folder with
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelFormatError, UnsupportedModelError
@@ -18,6 +19,17 @@ MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 
 # Every released model uses 128-wide attention heads; configs without `num_heads` rely on it.
 HEAD_DIM = 128
+
+_VACE_BLOCK_INDEX = re.compile(r"^vace_blocks\.(\d+)\.")
+
+
+def default_vace_layers(num_layers: int, vace_blocks: int | None) -> tuple[int, ...]:
+    """The official placement of ``vace_blocks`` hints: every ``num_layers // vace_blocks``-th block from 0
+    (1.3B: 15 of 30 -> 0, 2, ..., 28; 14B: 8 of 40 -> 0, 5, ..., 35); without a count, every second block (the
+    official default). Used when only the tensors are known."""
+    stride = 2 if vace_blocks is None else max(num_layers // vace_blocks, 1)
+    layers = tuple(range(0, num_layers, stride))
+    return layers if vace_blocks is None else layers[:vace_blocks]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +51,10 @@ class WanConfig:
         text_dim: width of the text encoder output (4096 for umT5-XXL).
         text_len: text tokens the context is zero-padded to (512).
         eps: epsilon of the block LayerNorms and RMSNorms.
+        vace_layers: Wan2.1 VACE only: the base blocks after which the VACE hints are added, in order (one
+            ``vace_blocks.N`` per entry); empty for every other model.
+        vace_in_dim: Wan2.1 VACE only: channels of the VACE context (96: 16 inactive + 16 reactive latent + 64
+            mask channels); 0 otherwise.
     """
 
     model_type: str
@@ -53,6 +69,8 @@ class WanConfig:
     text_dim: int = 4096
     text_len: int = 512
     eps: float = 1e-6
+    vace_layers: tuple[int, ...] = ()
+    vace_in_dim: int = 0
 
     patch_size = (1, 2, 2)
     clip_dim = 1280
@@ -66,10 +84,20 @@ class WanConfig:
             raise ModelFormatError(f"dim {self.dim} is not divisible into {self.num_heads} heads of even width")
         if self.model_type == "flf2v" and not self.clip_branch:
             raise ModelFormatError("an flf2v model needs the CLIP branch (img_emb)")
+        if self.vace_layers and (self.model_type != "t2v" or not self.vace_in_dim or self.vace_layers[0] != 0
+                                 or list(self.vace_layers) != sorted(set(self.vace_layers))
+                                 or self.vace_layers[-1] >= self.num_layers):
+            raise ModelFormatError(f"VACE layers {list(self.vace_layers)} must be increasing block indices from 0 "
+                                   f"below {self.num_layers}, on a t2v model with a VACE context width")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def is_vace(self) -> bool:
+        """Wan2.1 VACE: a T2V model with ``vace_patch_embedding`` and ``vace_blocks`` (models.wan_vace)."""
+        return bool(self.vace_layers)
 
     @property
     def y_dim(self) -> int:
@@ -93,6 +121,10 @@ class WanConfig:
         refuse_unsupported((), data, source)
         try:
             model_type = data.get("model_type", "t2v")
+            vace_layers = tuple(int(i) for i in data.get("vace_layers", ()))
+            if model_type == "vace" or vace_layers or data.get("_class_name") == "VaceWanModel":
+                model_type = "t2v"  # the official VACE config names its own model_type; the base is T2V
+                vace_layers = vace_layers or default_vace_layers(int(data["num_layers"]), None)
             dim = int(data["dim"])
             kwargs = dict(
                 model_type=model_type,
@@ -106,6 +138,8 @@ class WanConfig:
                 text_dim=int(data.get("text_dim", 4096)),
                 text_len=int(data.get("text_len", 512)),
                 eps=float(data.get("eps", 1e-6)),
+                vace_layers=vace_layers,
+                vace_in_dim=int(data.get("vace_in_dim", 96)) if vace_layers else 0,
             )
         except KeyError as missing:
             raise ModelFormatError(f"{source}: required key {missing} is missing") from None
@@ -119,7 +153,10 @@ class WanConfig:
         """The official ``config.json`` fields of this config (``clip_branch`` is not part of it)."""
         data = dataclasses.asdict(self)
         del data["clip_branch"]
-        return {"_class_name": "WanModel", **data}
+        if not self.vace_layers:
+            del data["vace_layers"], data["vace_in_dim"]
+            return {"_class_name": "WanModel", **data}
+        return {"_class_name": "VaceWanModel", **data, "model_type": "vace", "vace_layers": list(self.vace_layers)}
 
     @classmethod
     def infer(cls, shapes: Mapping[str, Sequence[int]], *, source: str = "state dict") -> "WanConfig":
@@ -157,6 +194,14 @@ class WanConfig:
             model_type = "ti2v"
         else:
             model_type = "t2v"
+        vace_blocks = {int(m.group(1)) for key in shapes if (m := _VACE_BLOCK_INDEX.match(key))}
+        if len(vace_blocks) > layers:
+            raise ModelFormatError(f"{source}: {len(vace_blocks)} vace_blocks for {layers} blocks; the file is not a "
+                                   "Wan2.1 VACE model")
+        vace_in_dim = shape_of("vace_patch_embedding.weight", 2)[1] if "vace_patch_embedding.weight" in shapes else 0
+        if bool(vace_blocks) != bool(vace_in_dim) or vace_blocks != set(range(len(vace_blocks))):
+            raise ModelFormatError(f"{source}: VACE tensors are incomplete (vace_patch_embedding "
+                                   f"{'present' if vace_in_dim else 'missing'}, vace_blocks {sorted(vace_blocks)[:8]})")
         try:
             return cls(
                 model_type=model_type,
@@ -169,6 +214,8 @@ class WanConfig:
                 clip_branch=clip_branch,
                 freq_dim=shape_of("time_embedding.0.weight", 2)[1],
                 text_dim=shape_of("text_embedding.0.weight", 2)[1],
+                vace_layers=default_vace_layers(layers, len(vace_blocks)) if vace_blocks else (),
+                vace_in_dim=vace_in_dim,
             )
         except ModelFormatError as error:
             raise ModelFormatError(f"{source}: {error}") from None
@@ -183,6 +230,9 @@ RELEASED_CONFIGS: dict[str, WanConfig] = {
     "Wan2.1-FLF2V-14B": WanConfig("flf2v", 36, 16, clip_branch=True, **_WAN14B),
     "Wan2.2-T2V-A14B": WanConfig("t2v", 16, 16, **_WAN14B),
     "Wan2.2-I2V-A14B": WanConfig("i2v", 36, 16, clip_branch=False, **_WAN14B),
+    "Wan2.1-VACE-1.3B": WanConfig("t2v", 16, 16, dim=1536, ffn_dim=8960, num_heads=12, num_layers=30,
+                                  vace_layers=tuple(range(0, 30, 2)), vace_in_dim=96),
+    "Wan2.1-VACE-14B": WanConfig("t2v", 16, 16, vace_layers=tuple(range(0, 40, 5)), vace_in_dim=96, **_WAN14B),
     "Wan2.2-TI2V-5B": WanConfig("ti2v", 48, 48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30),
 }
 """The released DiT configurations (spec networks.md §1.1), used to name what a loader found."""

@@ -334,6 +334,13 @@ class WanDiT(nn.Module):
         image = self.img_emb(clip_fea)
         return torch.cat([image.to(text.dtype), text], dim=1)
 
+    def _run_blocks(self, tokens: torch.Tensor, time: TimeConditioning, context: torch.Tensor,
+                    rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The blocks over the fp32 residual stream [B, S, D]; a variant adds to it here (models.wan_vace)."""
+        for block in self.blocks:
+            tokens = block(tokens, time, context, rope, self.compute_dtype)
+        return tokens
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the flow-matching velocity.
@@ -369,8 +376,7 @@ class WanDiT(nn.Module):
         time = self._embed_time(t.to(tokens.device), batch, tokens.shape[1])
         context = self._embed_context(context.to(tokens.device), clip_fea, batch)
         rope = self._rope(grid, tokens.device)
-        for block in self.blocks:
-            tokens = block(tokens, time, context, rope, self.compute_dtype)
+        tokens = self._run_blocks(tokens, time, context, rope)
         out = self.head(tokens, time)
         f, h, w = grid
         pt, ph, pw = cfg.patch_size

@@ -12,6 +12,7 @@ from .dit_loader_node import WanExpressDiTLoader
 from .lora_node import WanExpressLoRA
 from .sampler_node import WanExpressSampler
 from .tool_nodes import WanExpressConvert, WanExpressInspect
+from .vace_node import WanExpressVaceConditioning
 
 NODE_CLASS_MAPPINGS = {
     "WanExpressDiTLoader": WanExpressDiTLoader,
@@ -26,6 +27,7 @@ NODE_CLASS_MAPPINGS = {
     "WanExpressVAEEncode": WanExpressVAEEncode,
     "WanExpressInspect": WanExpressInspect,
     "WanExpressConvert": WanExpressConvert,
+    "WanExpressVaceConditioning": WanExpressVaceConditioning,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -41,6 +43,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WanExpressVAEEncode": "Wan Express VAE Encode",
     "WanExpressInspect": "Wan Express Inspect Model",
     "WanExpressConvert": "Wan Express Convert / Export Model",
+    "WanExpressVaceConditioning": "Wan Express VACE Conditioning",
 }
 
 

@@ -16,6 +16,7 @@ from ..sampling import (Conditioning, DistillSchedule, FlowEuler, FlowUniPC, fir
 from ..sampling.failures import guarded
 from . import host
 from .native import network_of
+from .vace_node import vace_conditioning_of
 from .values import TEXT_LEN, image_of
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def ignored_widget(schedule: str, denoising_step_list: str, steps: int) -> str |
 
 
 # Keys core's conditioning nodes add that this sampler cannot honour (timestep ranges, areas, hooks, ControlNet).
-_UNSUPPORTED_KEYS = ("start_percent", "end_percent", "area", "mask", "hooks", "control", "vace_frames",
+_UNSUPPORTED_KEYS = ("start_percent", "end_percent", "area", "mask", "hooks", "control",
                      "time_dim_concat", "reference_latents")
 
 
@@ -215,6 +216,8 @@ class WanExpressSampler:
                         config.model_type)
             clip_fea = None
         conditioning = core_image_conditioning(positive, config, negative_context, clip_fea)
+        if conditioning is None:
+            conditioning = vace_conditioning_of(positive, config, context_of(positive, "positive"), negative_context)
         if conditioning is not None and (start_image is not None or end_image is not None):
             raise InvalidInputError("the positive conditioning already carries an image (core's WanImageToVideo); "
                                     "disconnect start_image / end_image, or use plain text conditioning")

@@ -35,6 +35,8 @@ class Conditioning:
         y: [1, 4 + z, T, H, W] mask and image latent concatenated after the noisy latent (I2V, FLF2V).
         clip_fea: [1, 257, 1280] (FLF2V: [1, 514, 1280]) CLIP features, Wan2.1 image models only.
         first_latent: [1, C, 1, H, W] clean image latent that replaces latent frame 0 (TI2V-5B image mode).
+        vace_context: [1, 96, T, H, W] Wan2.1 VACE context (`sampling.vace`), in both CFG branches.
+        vace_strength: the VACE hint scale.
     """
 
     context: torch.Tensor
@@ -43,6 +45,8 @@ class Conditioning:
     y: torch.Tensor | None = None
     clip_fea: torch.Tensor | None = None
     first_latent: torch.Tensor | None = None
+    vace_context: torch.Tensor | None = None
+    vace_strength: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("context", "negative_context"):

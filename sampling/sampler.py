@@ -67,6 +67,8 @@ def _velocity(model: nn.Module, latent: torch.Tensor, timestep: torch.Tensor, co
     """Model velocity [1, C, T, H, W] fp32, with CFG `v_u + g·(v_c − v_u)` when guidance ≠ 1 (image
     conditioning in both branches, only the text differs)."""
     extra = dict(clip_fea=conditioning.clip_fea, y=conditioning.y)
+    if conditioning.vace_context is not None:
+        extra.update(vace_context=conditioning.vace_context, vace_strength=conditioning.vace_strength)
     check()
     velocity = model(latent, timestep, conditioning.context, **extra).float()
     if guidance == 1.0:
@@ -78,9 +80,9 @@ def _velocity(model: nn.Module, latent: torch.Tensor, timestep: torch.Tensor, co
 
 def _on_device(conditioning: Conditioning, device: torch.device) -> Conditioning:
     moved = {field: getattr(conditioning, field) for field in ("context", "negative_context", "y", "clip_fea",
-                                                                "first_latent")}
+                                                                "first_latent", "vace_context")}
     moved = {field: None if tensor is None else tensor.to(device) for field, tensor in moved.items()}
-    return Conditioning(latent_shape=conditioning.latent_shape, **moved)
+    return Conditioning(latent_shape=conditioning.latent_shape, vace_strength=conditioning.vace_strength, **moved)
 
 
 def sample(models: nn.Module | Sequence[nn.Module], conditioning: Conditioning, *, schedule: Schedule, seed: int,

@@ -262,7 +262,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 raise ValueError(f"node {node['id']} ({node['type']}): no widget value left for {name!r}")
             inputs[name] = values.pop(0)
             options = declared[name][1] if len(declared[name]) > 1 else {}
-            if name in SEED_WIDGETS or options.get("image_upload"):
+            if name in SEED_WIDGETS or options.get("image_upload") or options.get("video_upload"):
                 values.pop(0)  # the front end's own widget after it: control_after_generate, or the upload button
         if values:
             raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values too many: {values}")

@@ -48,6 +48,8 @@ WAN21_I2V = WanConfig("i2v", 36, 16, clip_branch=True, dim=256, ffn_dim=512, num
 FLF2V = WanConfig("flf2v", 36, 16, clip_branch=True, dim=256, ffn_dim=512, num_heads=2, num_layers=1,
                   text_dim=TEXT_DIM)
 TI2V = WanConfig("ti2v", 48, 48, dim=256, ffn_dim=512, num_heads=2, num_layers=1, text_dim=TEXT_DIM)
+VACE = WanConfig("t2v", 16, 16, dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=TEXT_DIM,
+                 vace_layers=(0, 1), vace_in_dim=96)
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 # The LightX2V distill LoRAs the loader-LoRA workflows name (formats.md §4.7, §9.6), and the expert each must reach.
 T2V_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
@@ -100,6 +102,8 @@ def write_models(models: Path) -> None:
         write_official_folder(folders / name / "low_noise_model", config, seed=seeds[1])
         write_components(folders / name, TEXT_DIM)
     write_components(folders / "Wan2.1-I2V-14B-480P", TEXT_DIM)
+    write_official_folder(folders / "Wan2.1-VACE-14B", VACE, seed=15)
+    write_components(folders / "Wan2.1-VACE-14B", TEXT_DIM)
     write_official_folder(folders / "Wan2.1-FLF2V-14B-720P", FLF2V, seed=13)
     write_components(folders / "Wan2.1-FLF2V-14B-720P", TEXT_DIM)
     clip = write_clip_vision(folders / "Wan2.1-I2V-14B-480P" / CLIP_FILE)
@@ -121,6 +125,19 @@ def write_models(models: Path) -> None:
         write_lightx2v_lora(loras / name, TINY_CONFIG, seed=seed)
 
 
+def write_mp4(path: Path, frames: torch.Tensor, fps: int = 16) -> Path:
+    """frames [N, H, W, 3] in [0, 1] as an mp4 (MPEG-4 part 2, which every FFmpeg build encodes) for LoadVideo."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in (frames * 255).to(torch.uint8).numpy():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture(scope="module")
 def comfyui(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
@@ -129,6 +146,7 @@ def comfyui(tmp_path_factory):
     for seed, name in enumerate(("example.png", "example_end.png")):
         pixels = (torch.rand(72, 120, 3, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8)
         Image.fromarray(pixels.numpy()).save(base / "input" / name)
+    write_mp4(base / "input" / "example.mp4", torch.rand(12, 72, 120, 3, generator=torch.Generator().manual_seed(7)))
     with running_comfyui(base) as server:
         yield server, base, server.get("/object_info")
 
@@ -138,7 +156,7 @@ def api_prompt(object_info: dict, workflow: str) -> dict:
     multi-step schedules cut to `MULTI_STEPS` steps (a tiny model's step costs ~0.1 s on a CPU, in bf16)."""
     prompt = ui_to_api(json.loads((WORKFLOWS / workflow).read_text()), object_info)
     for node in prompt.values():
-        if node["class_type"] in ("WanExpressSampler", "EmptyHunyuanLatentVideo"):
+        if node["class_type"] in ("WanExpressSampler", "EmptyHunyuanLatentVideo", "WanExpressVaceConditioning"):
             node["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
         if node["class_type"] == "WanExpressSampler" and node["inputs"]["schedule"] != "distill":
             node["inputs"]["steps"] = min(node["inputs"]["steps"], MULTI_STEPS)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wan_express.errors import ModelFormatError, UnsupportedModelError, UnsupportedVariantError
-from wan_express.models import RELEASED_CONFIGS, WanConfig, WanDiT
+from wan_express.models import RELEASED_CONFIGS, WanConfig, WanDiT, WanVaceDiT
 
 # spec formats.md §2.3: keys and parameters per released model
 RELEASED_COUNTS = {
@@ -15,6 +15,8 @@ RELEASED_COUNTS = {
     "Wan2.2-T2V-A14B": (1095, 14_288_491_584),
     "Wan2.2-I2V-A14B": (1095, 14_288_901_184),
     "Wan2.2-TI2V-5B": (825, 4_999_787_712),
+    "Wan2.1-VACE-1.3B": (1264, 2_153_972_032),
+    "Wan2.1-VACE-14B": (1331, 17_337_592_896),
 }
 
 # the official config.json files (spec formats.md §3.2)
@@ -31,12 +33,16 @@ OFFICIAL_JSON = {
     "Wan2.2-I2V-A14B": {**_BASE_JSON, **_14B, "in_dim": 36, "model_type": "i2v"},
     "Wan2.2-TI2V-5B": {**_BASE_JSON, "_diffusers_version": "0.33.0", "dim": 3072, "ffn_dim": 14336, "in_dim": 48,
                        "out_dim": 48, "num_heads": 24, "num_layers": 30, "model_type": "ti2v"},
+    "Wan2.1-VACE-1.3B": {**_BASE_JSON, "_class_name": "VaceWanModel", "model_type": "vace",
+                         "vace_layers": list(range(0, 30, 2)), "vace_in_dim": 96},
+    "Wan2.1-VACE-14B": {**_BASE_JSON, **_14B, "_class_name": "VaceWanModel", "model_type": "vace",
+                        "vace_layers": [0, 5, 10, 15, 20, 25, 30, 35], "vace_in_dim": 96},
 }
 
 
 def meta_state_dict(config: WanConfig) -> dict:
     with torch.device("meta"):
-        return WanDiT(config).state_dict()
+        return (WanVaceDiT if config.is_vace else WanDiT)(config).state_dict()
 
 
 @pytest.mark.parametrize("name", list(RELEASED_CONFIGS))
@@ -57,17 +63,6 @@ def test_wan21_and_wan22_i2v_differ_only_by_the_clip_branch():
     assert wan21.clip_branch and not wan22.clip_branch
     assert wan21.image_tokens == 257 and wan22.image_tokens == 0
     assert RELEASED_CONFIGS["Wan2.1-FLF2V-14B"].image_tokens == 514
-
-
-def test_vace_is_recognised_and_refused():
-    shapes = {k: t.shape for k, t in meta_state_dict(RELEASED_CONFIGS["Wan2.1-T2V-1.3B"]).items()}
-    shapes["vace_patch_embedding.weight"] = (1536, 96, 1, 2, 2)
-    with pytest.raises(UnsupportedModelError, match="VACE"):
-        WanConfig.infer(shapes, source="vace.safetensors")
-    with pytest.raises(UnsupportedModelError, match="VACE"):
-        WanConfig.from_json({**_BASE_JSON, "_class_name": "VaceWanModel", "vace_layers": [0, 2]})
-    with pytest.raises(UnsupportedModelError, match="VACE"):
-        WanConfig.from_json({**_BASE_JSON, "vace_layers": [0, 2]})
 
 
 def test_animate_is_recognised_and_refused_by_keys_and_class():

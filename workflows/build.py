@@ -397,8 +397,79 @@ def tiny_cpu() -> Graph:
     return finish(g, vae.out(), latent.out())
 
 
+VACE_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+VACE_SIZE = dict(width=832, height=480, length=81)
+
+
+def vace_graph(name: str, summary: str, title: str, about: str, inputs: str):
+    """The shared part of the VACE workflows: note, DiT (+ T2V distill LoRA), prompts and the VACE node's column.
+
+    Returns (graph, model, positive, negative, vae)."""
+    g = Graph(name, summary)
+    row, command = whole("Wan-AI/Wan2.1-VACE-14B", "the whole folder (DiT shards + index, config.json, umT5, "
+                         "tokenizer, VAE)")
+    g.note(note(title, about, [row, file_row(VACE_LORA)], [command, download(VACE_LORA)],
+                f"{inputs} VACE node and sampler: the same width, height and length (1 + 4k frames, sizes multiples "
+                "of 16). Sampler: distill, 1000,750,500,250, shift 5, cfg 1 with the Wan2.1 T2V distill LoRA "
+                "(it acts on the base blocks; the VACE blocks stay as trained). Without the LoRA: unipc, 50 steps, "
+                "cfg 5 and a negative prompt. VACE-1.3B: `Wan-AI/Wan2.1-VACE-1.3B`, no 14B LoRA."))
+    model = dit(g, "Wan2.1-VACE-14B/", "DiT: official Wan2.1 VACE-14B + 4-step distill LoRA", lora=VACE_LORA)
+    positive, negative, vae = text_side(g, "Wan2.1-VACE-14B/", T2V_PROMPT, negative=True)
+    return g, model, positive, negative, vae
+
+
+def vace_control_v2v() -> Graph:
+    g, model, positive, negative, vae = vace_graph(
+        "wan_express_vace_control_v2v", "Control video to video with Wan2.1 VACE-14B in 4 steps: a depth, pose "
+        "or edge video (made by any preprocessor) steers the motion and layout; the prompt sets the look.",
+        "Wan2.1 VACE-14B: control video to video", "The control video (depth / pose / edges, already "
+        "preprocessed) is followed frame by frame; no mask: the whole frame is generated.",
+        "Load the control video in LoadVideo.")
+    video = g.add("LoadVideo", 1, "Control video (depth / pose / edges)")
+    frames = g.add("GetVideoComponents", 1, video=video.out())
+    vace = g.add("WanExpressVaceConditioning", 2, positive=positive, negative=negative, vae=vae.out(),
+                 control_video=frames.out("images"), strength=1.0, **VACE_SIZE)
+    latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=vace.out("positive"),
+                   negative=vace.out("negative"), **VACE_SIZE, **DISTILL)
+    return finish(g, vae.out(), latent.out())
+
+
+def vace_inpainting() -> Graph:
+    g, model, positive, negative, vae = vace_graph(
+        "wan_express_vace_inpainting", "Video inpainting with Wan2.1 VACE-14B in 4 steps: the white area of the "
+        "mask is regenerated from the prompt, the rest of the video is kept.",
+        "Wan2.1 VACE-14B: video inpainting", "The video is kept where the mask is black and regenerated where "
+        "it is white (one mask image for every frame; paint it in LoadImage's mask editor). A mask around the "
+        "frame border outpaints.", "Load the video in LoadVideo and the mask in LoadImage (its MASK output).")
+    video = g.add("LoadVideo", 1, "Video to inpaint")
+    frames = g.add("GetVideoComponents", 1, video=video.out())
+    mask = g.add("LoadImage", 1, "Mask (white = regenerate)")
+    vace = g.add("WanExpressVaceConditioning", 2, positive=positive, negative=negative, vae=vae.out(),
+                 control_video=frames.out("images"), control_masks=mask.out("MASK"), strength=1.0, **VACE_SIZE)
+    latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=vace.out("positive"),
+                   negative=vace.out("negative"), **VACE_SIZE, **DISTILL)
+    return finish(g, vae.out(), latent.out())
+
+
+def vace_reference_to_video() -> Graph:
+    g, model, positive, negative, vae = vace_graph(
+        "wan_express_vace_reference_to_video", "Reference to video with Wan2.1 VACE-14B in 4 steps: a subject "
+        "or style image is carried into a new video described by the prompt.",
+        "Wan2.1 VACE-14B: reference image to video", "The reference image (a subject on a plain background "
+        "works best) is encoded as an extra first latent frame; TrimVideoLatent removes it (trim_amount 1, the "
+        "VACE node's trim_latent) before decoding.", "Load the reference image in LoadImage.")
+    image = g.add("LoadImage", 1, "Reference image")
+    vace = g.add("WanExpressVaceConditioning", 2, positive=positive, negative=negative, vae=vae.out(),
+                 reference_image=image.out("IMAGE"), strength=1.0, **VACE_SIZE)
+    latent = g.add("WanExpressSampler", 2, model=model.out("model"), positive=vace.out("positive"),
+                   negative=vace.out("negative"), **VACE_SIZE, **DISTILL)
+    trimmed = g.add("TrimVideoLatent", 3, samples=latent.out(), trim_amount=1)
+    return finish(g, vae.out(), trimmed.out())
+
+
 GRAPHS = (t2v_4step, wan22_i2v_a14b_4step, t2v_lightx2v_fp8, i2v_480p_int8, flf2v_720p, wan22_i2v_lightx2v_fp8,
-          wan22_t2v_lora_nodes, ti2v_5b, lightx2v_config, t2v_official_cfg, core_ksampler, tiny_cpu, convert_export)
+          wan22_t2v_lora_nodes, ti2v_5b, lightx2v_config, t2v_official_cfg, core_ksampler, tiny_cpu, convert_export,
+          vace_control_v2v, vace_inpainting, vace_reference_to_video)
 def workflows() -> dict[str, dict]:
     """File name -> UI-format workflow, for every graph above."""
     graphs = [make() for make in GRAPHS]

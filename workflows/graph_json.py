@@ -28,6 +28,10 @@ CORE_NODES = {
     "EmptyHunyuanLatentVideo": ([], [("width", 848), ("height", 480), ("length", 25), ("batch_size", 1)],
                                 [("LATENT", "LATENT")]),
     "MarkdownNote": ([], [("text", "")], []),
+    "LoadVideo": ([], [("file", "example.mp4"), ("upload", "video")], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ([("video", "VIDEO", False)], [], [("images", "IMAGE"), ("audio", "AUDIO"),
+                                                              ("fps", "FLOAT")]),
+    "TrimVideoLatent": ([("samples", "LATENT", False)], [("trim_amount", 0)], [("LATENT", "LATENT")]),
 }
 # Body heights the front end gives a node beyond its rows (title bar excluded, it sits above pos).
 ROW, WIDGET_ROW, PADDING = 20, 24, 16

@@ -22,6 +22,7 @@ from ...kernels.quantized import QuantOps, QuantScheme
 from ...models import WanConfig, WanDiT
 from ...models.streaming import budgeted
 from ...models.unsupported import refuse_unsupported
+from ...models.wan_vace import vace_model_class
 from ...sampling.failures import guarded
 from ..files import TensorEntry, TensorView, open_tensors
 from ..files.boundary import boundary
@@ -34,6 +35,7 @@ from .folders import CONFIG_NAME, INDEX_NAME, ModelPair, ModelUnit
 from .layouts import KeyLayout, detect_key_layout
 from .plan import DitPlan, pair_of, plan_dit, resolve_target
 from .quant_targets import is_quantization_target
+from .vace_module import attach_vace_module
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "DitSource", "load_dit", "load_planned", "open_dit", "open_dit_pair",
            "open_unit"]
@@ -80,7 +82,7 @@ def open_dit(path: str | Path, file: str | None = None) -> DitSource:
     Raises:
         ModelFormatError: a Wan2.2 A14B folder (use `open_dit_pair`), several models without ``file``, a file that
             is not a DiT (the message says what it is), or corrupt data.
-        UnsupportedModelError: VACE, Animate and quantization formats we cannot run.
+        UnsupportedModelError: Animate and quantization formats we cannot run.
         MissingComponentError: nothing found.
     """
     target = resolve_target(Path(path), file)
@@ -107,7 +109,8 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
              *, loras: Sequence[LoraSpec] = (), device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
              vram_budget_gb: float | None = None,
-             interrupt: Callable[[], bool] | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+             interrupt: Callable[[], bool] | None = None,
+             vace_module: str | Path | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Load a Wan DiT (or both Wan2.2 A14B experts) ready to run: `plan_dit` then `load_planned`.
 
     Args:
@@ -133,34 +136,40 @@ def load_dit(path: str | Path, file: str | tuple[str | None, str | None] | None 
             placed on ``device`` now.
         interrupt: asked before every tensor is read; True (or its own exception) stops the load with nothing
             kept. A CUDA out-of-memory becomes `OutOfGpuMemoryError` naming the remedies.
+        vace_module: a Wan2.1 VACE module file (only ``vace_*`` tensors) to attach to this Wan2.1 T2V model of the
+            same size (`vace_module.attach_vace_module`); the result is the VACE model.
     """
     return load_planned(plan_dit(path, file, loras=loras, quantization=quantization), device=device, dtype=dtype,
-                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb, interrupt=interrupt)
+                        ops_factory=ops_factory, vram_budget_gb=vram_budget_gb, interrupt=interrupt,
+                        vace_module=vace_module)
 
 
 def load_planned(plan: DitPlan, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                  ops_factory: Callable[[Mapping[str, QuantScheme]], TorchOps] = QuantOps,
                  model_class: type[WanDiT] = WanDiT,
                  vram_budget_gb: float | None = None,
-                 interrupt: Callable[[], bool] | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
+                 interrupt: Callable[[], bool] | None = None,
+                 vace_module: str | Path | None = None) -> WanDiT | tuple[WanDiT, WanDiT]:
     """Build the model(s) of a `DitPlan`: a `WanDiT`, or the ``(high, low)`` experts of a pair.
 
     ``model_class``: a `WanDiT` subclass to build (a host's adapter with the same parameters), else `WanDiT`.
-    ``vram_budget_gb``, ``interrupt``: see `load_dit`.
+    ``vram_budget_gb``, ``interrupt``, ``vace_module``: see `load_dit`.
     """
+    if vace_module is not None and plan.is_pair:
+        raise ModelFormatError(f"{plan.path}: a VACE module attaches to a Wan2.1 T2V model, not to a Wan2.2 pair")
     return guarded("loading the DiT", _load_planned, plan, device, dtype, ops_factory, model_class, vram_budget_gb,
-                   interrupt)
+                   interrupt, vace_module)
 
 
-def _load_planned(plan: DitPlan, device, dtype, ops_factory, model_class, vram_budget_gb, interrupt):
+def _load_planned(plan: DitPlan, device, dtype, ops_factory, model_class, vram_budget_gb, interrupt, vace_module):
     if vram_budget_gb is not None:  # memory option: built on the host, run from pinned copies under the budget
-        models = _load_planned(plan, "cpu", dtype, ops_factory, model_class, None, interrupt)
+        models = _load_planned(plan, "cpu", dtype, ops_factory, model_class, None, interrupt, vace_module)
         budgeted(models if plan.is_pair else (models,), vram_budget_gb, device)
         return models
     specs = list(dict.fromkeys(spec for specs in plan.loras for spec in specs))
     applied = dict(zip(specs, load_loras(specs)))  # each file read once, whichever experts use it
-    models = tuple(_build(open_unit(unit), plan.quantization, device, dtype, ops_factory, model_class,
-                          [applied[spec] for spec in unit_loras], interrupt)
+    models = tuple(_build(_with_module(open_unit(unit), vace_module), plan.quantization, device, dtype, ops_factory,
+                          model_class, [applied[spec] for spec in unit_loras], interrupt)
                    for unit, unit_loras in zip(plan.units, plan.loras))
     return models if plan.is_pair else models[0]
 
@@ -181,12 +190,15 @@ def _build(source: DitSource, quantization: str, device, dtype: torch.dtype, ops
         tensors = merged_view(_fp32_targets(tensors, plan.keys(), layers), plan, layers)
     if quantization in _CODES:
         tensors, layers = quantized(tensors, layers, _CODES[quantization], is_quantization_target)
+    if source.config.is_vace:
+        model_class = vace_model_class(model_class)
     model = model_class.from_state_dict(tensors, config=source.config, dtype=dtype, device=device,
                                         ops=ops_factory(layers), source=source.name)
     cfg = model.config
     schemes = sorted({f"{s.codes}/{s.granularity}" for s in layers.values()}) or [str(dtype).removeprefix("torch.")]
-    log.info("Wan DiT %s (%s%s): %s, dim %d, %d blocks, %s on %s", source.name, source.layout,
-             f", {source.role} noise" if source.role else "", cfg.model_type, cfg.dim, cfg.num_layers,
+    log.info("Wan DiT %s (%s%s): %s%s, dim %d, %d blocks, %s on %s", source.name, source.layout,
+             f", {source.role} noise" if source.role else "", cfg.model_type,
+             f" VACE ({len(cfg.vace_layers)} hint blocks)" if cfg.is_vace else "", cfg.dim, cfg.num_layers,
              "+".join(schemes), device)
     return model
 
@@ -201,6 +213,10 @@ def _interruptible(view: TensorView, interrupt: Callable[[], bool]) -> TensorVie
         return checked
     return TensorView({key: TensorEntry(entry.shape, entry.dtype, reader(key, entry.read))
                        for key, entry in view.entries.items()}, view.name)
+
+
+def _with_module(source: DitSource, vace_module: str | Path | None) -> DitSource:
+    return source if vace_module is None else attach_vace_module(source, vace_module)
 
 
 def _fp32_targets(view: TensorView, keys: list[str], layers: Mapping[str, QuantScheme]) -> TensorView:
@@ -233,7 +249,7 @@ def _read_unit(unit: ModelUnit) -> RawUnit:
 
 
 def open_unit(unit: ModelUnit) -> DitSource:
-    """Open resolved files as a `DitSource` (refusing VACE / Animate and anything that is not a DiT)."""
+    """Open resolved files as a `DitSource` (refusing Animate and anything that is not a DiT)."""
     name = str(unit.path)
     found = _read_unit(unit)
     raw, metadata, layout = found.raw, found.metadata, found.layout
@@ -281,14 +297,27 @@ def _cross_check(config: WanConfig, data: dict[str, Any] | None, path: Path | No
     """Tensors decide the architecture; config.json adds eps/text_len and any disagreement is logged."""
     if data is None:
         return config, "inferred from tensors"
+    if not config.is_vace and (data.get("_class_name") == "VaceWanModel" or "vace_layers" in data):
+        raise ModelFormatError(f"{path} describes a Wan2.1 VACE model but the weights hold no vace_* tensors; for a "
+                               "VACE module file, load the Wan2.1 T2V base model with it as vace_module")
     conflicts = [f"{key} {data[key]} (tensors: {getattr(config, key)})" for key in _CROSS_CHECKED
                  if key in data and data[key] != getattr(config, key)]
     if conflicts:
         log.warning("%s disagrees with the weights, which win: %s", path, "; ".join(conflicts))
     try:
         extra = {key: type(getattr(config, key))(data[key]) for key in _CONFIG_ONLY if key in data}
+        if config.is_vace and data.get("vace_layers"):  # the tensors only show how many
+            extra["vace_layers"] = tuple(int(i) for i in data["vace_layers"])
+    except (TypeError, ValueError, OverflowError):
+        raise ModelFormatError(f"{path}: {', '.join(_CONFIG_ONLY)} and vace_layers must be numbers that fit the "
+                               "weights") from None
+    if "vace_layers" in extra and len(extra["vace_layers"]) != len(config.vace_layers):
+        raise ModelFormatError(f"{path}: vace_layers lists {len(extra['vace_layers'])} blocks but the weights hold "
+                               f"{len(config.vace_layers)} vace_blocks")
+    try:
         config = dataclasses.replace(config, **extra)
     except (TypeError, ValueError, OverflowError, ModelFormatError):
-        raise ModelFormatError(f"{path}: {', '.join(_CONFIG_ONLY)} must be numbers that fit the weights") from None
+        raise ModelFormatError(f"{path}: {', '.join(_CONFIG_ONLY)} and vace_layers must be numbers that fit the "
+                               "weights") from None
     return config, ("inferred from tensors, config.json disagrees" if conflicts
-                                                   else "inferred from tensors, matches config.json")
+                    else "inferred from tensors, matches config.json")
