@@ -1,0 +1,1 @@
+"""Fuzz targets for the loaders; see README.md."""
