@@ -47,6 +47,10 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
         data = _torch_load(path)
     except FileNotFoundError:
         raise MissingComponentError(f"{name}: no such file") from None
+    except MemoryError:
+        # a length field of a damaged pickle (a string "of 2 GiB" in a 1 KB file) is allocated before it is read
+        raise ModelFormatError(f"{name}: reading it asked for more memory than is free: a size inside it is damaged, "
+                               "or the checkpoint does not fit in RAM") from None
     except pickle.UnpicklingError:
         raise ModelFormatError(
             f"{name}: refused to load: not a plain tensor checkpoint (it holds pickled objects other than tensors, "
