@@ -94,7 +94,7 @@ def mutate_tensors(rng: random.Random, tensors: dict[str, torch.Tensor], block_k
             tensors[key] = tensors[key].reshape(-1)
         elif kind == 5 and key in tensors:
             dtype = rng.choice(FLOAT_OR_NOT)
-            tensors[key] = tensors[key].to(dtype) if dtype is not torch.complex64 else tensors[key].to(dtype)
+            tensors[key] = tensors[key].nan_to_num().to(dtype)
         elif kind == 6 and key in tensors:
             tensors[key] = tensors[key].clone().fill_(rng.choice([float("nan"), float("inf")]))
         elif kind == 7 and key in tensors:
@@ -308,7 +308,7 @@ def make_lora_case(rng: random.Random, folder: Path) -> tuple:
         elif kind == 2:
             tensors[key] = tensors[key].clone().fill_(rng.choice([float("nan"), float("inf"), -float("inf")]))
         elif kind == 3:
-            tensors[key] = tensors[key].to(rng.choice(FLOAT_OR_NOT))
+            tensors[key] = tensors[key].nan_to_num().to(rng.choice(FLOAT_OR_NOT))
         elif kind == 4:  # other key styles and unknown or unsupported keys
             module = rng.choice(["blocks.0.self_attn.q", "blocks.9.ffn.0", "x.y", "blocks.10000000000000.ffn.0"])
             style = rng.choice(_LORA_STYLES)
