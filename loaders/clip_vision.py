@@ -16,6 +16,7 @@ import torch
 from ..errors import ModelFormatError
 from ..models.clip_vision import ClipVisionEncoder
 from .files import open_tensors
+from .files.boundary import boundary, shown
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def official_tower(tensors: Mapping[str, torch.Tensor], source: str = "state dic
     return tower
 
 
+@boundary("CLIP vision tower")
 def load_clip_vision(path: str | Path, *, dtype: torch.dtype = torch.float16,
                      device: torch.device | str = "cpu") -> ClipVisionEncoder:
     """Load the CLIP vision tower from the official ``.pth`` or a HF/ComfyUI ``.safetensors``.
@@ -83,9 +85,9 @@ def load_clip_vision(path: str | Path, *, dtype: torch.dtype = torch.float16,
         `ClipVisionEncoder`: ``encode(images [N, 3, H, W] in [-1, 1]) -> [N, 257, 1280]``.
     """
     path = Path(path)
-    tensors = open_tensors(path, what="CLIP vision file")
-    model = ClipVisionEncoder.from_state_dict(official_tower(tensors, str(path)), dtype=dtype, device=device,
-                                              source=str(path))
+    tensors = open_tensors(path, name=shown(path), what="CLIP vision file")
+    model = ClipVisionEncoder.from_state_dict(official_tower(tensors, shown(path)), dtype=dtype, device=device,
+                                              source=shown(path))
     config = model.config
     log.info("CLIP vision from %s: width %d, %d of %d blocks, %s on %s", path.name, config.dim,
              config.num_layers - 1, config.num_layers, str(dtype).removeprefix("torch."), device)

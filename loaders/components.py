@@ -1,17 +1,19 @@
 """Find the non-DiT components of an official Wan folder: umT5 text encoder, its tokenizer, CLIP vision, VAE.
 
-Entry point: `find_components(folder, **overrides) -> FolderComponents`. File names follow spec formats.md §3.1
+Entry points: `find_components(folder, **overrides) -> FolderComponents`. File names follow spec formats.md §3.1
 and §8; an explicit path given for a component wins over discovery. `FolderComponents.require(name)` raises a
-`MissingComponentError` that names the expected file and the place it was looked for.
+`MissingComponentError` that names the expected file and the place it was looked for. `resolve_component(root,
+choice, field)`: a loader node's choice (a file, or a folder ending in ``/``) resolved inside its models folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from ..errors import MissingComponentError
+from ..errors import MissingComponentError, ModelFormatError, WanExpressError
+from .files.boundary import boundary, shown
+from .files.json_files import contained_path, read_json
 
 TEXT_ENCODER_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
@@ -58,7 +60,7 @@ class FolderComponents:
         if path is not None:
             return path
         label, expected = _EXPECTED[field]
-        where = f"in {self.folder}" if self.folder is not None else "(no model folder given)"
+        where = f"in {shown(self.folder)}" if self.folder is not None else "(no model folder given)"
         raise MissingComponentError(
             f"{label} not found: expected {expected} {where}. Put the file there or pass its path explicitly")
 
@@ -77,8 +79,8 @@ def find_components(folder: str | Path | None, *, text_encoder: str | Path | Non
         MissingComponentError: ``folder`` is not a folder, or an explicit path does not exist.
     """
     root = Path(folder) if folder is not None else None
-    if root is not None and not root.is_dir():
-        raise MissingComponentError(f"{root}: model folder not found (looked for its text encoder, tokenizer, "
+    if root is not None and not _is(root, Path.is_dir):
+        raise MissingComponentError(f"{shown(root)}: model folder not found (looked for its text encoder, tokenizer, "
                                     "CLIP vision and VAE files)")
     return FolderComponents(
         text_encoder=_explicit_file(text_encoder, "text_encoder") or _file_in(root, TEXT_ENCODER_FILE),
@@ -92,8 +94,8 @@ def _explicit_file(path: str | Path | None, field: str) -> Path | None:
     if path is None:
         return None
     path = Path(path)
-    if not path.is_file():
-        raise MissingComponentError(f"{path}: {_EXPECTED[field][0]} file not found (given explicitly)")
+    if not _is(path, Path.is_file):
+        raise MissingComponentError(f"{shown(path)}: {_EXPECTED[field][0]} file not found (given explicitly)")
     return path
 
 
@@ -101,11 +103,11 @@ def _explicit_tokenizer(path: str | Path | None) -> Path | None:
     if path is None:
         return None
     path = Path(path)
-    if path.is_file() and path.name == TOKENIZER_FILE:
+    if _is(path, Path.is_file) and path.name == TOKENIZER_FILE:
         return path.parent
-    if not (path / TOKENIZER_FILE).is_file():
+    if not _is(path / TOKENIZER_FILE, Path.is_file):
         raise MissingComponentError(
-            f"{path}: umT5 tokenizer not found (given explicitly): expected {TOKENIZER_FILE} in that folder")
+            f"{shown(path)}: umT5 tokenizer not found (given explicitly): expected {TOKENIZER_FILE} in that folder")
     return path
 
 
@@ -113,14 +115,14 @@ def _file_in(root: Path | None, name: str) -> Path | None:
     if root is None:
         return None
     path = root / name
-    return path if path.is_file() else None
+    return path if _is(path, Path.is_file) else None
 
 
 def _tokenizer_in(root: Path | None) -> Path | None:
     if root is None:
         return None
     path = root / TOKENIZER_DIR
-    return path if (path / TOKENIZER_FILE).is_file() else None
+    return path if _is(path / TOKENIZER_FILE, Path.is_file) else None
 
 
 def _vae_in(root: Path | None) -> Path | None:
@@ -135,8 +137,43 @@ def _vae_in(root: Path | None) -> Path | None:
 
 
 def _model_type(root: Path) -> str | None:
+    """config.json's model_type, or None where the file is absent or unreadable (discovery then takes Wan2.1's)."""
     try:
-        config = json.loads((root / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        model_type = read_json(root / "config.json", "config.json").get("model_type")
+    except WanExpressError:
         return None
-    return config.get("model_type") if isinstance(config, dict) else None
+    return model_type if isinstance(model_type, str) else None
+
+
+def _is(path: Path, test) -> bool:
+    """``path.is_file()`` / ``is_dir()`` where a name the OS refuses (too long, invalid) is simply not there."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+@boundary("model choice", path_argument="root")
+def resolve_component(root: str | Path, choice: object, field: str) -> Path:
+    """The file of component ``field`` for a loader node's ``choice`` under the models folder ``root``.
+
+    ``choice`` is a file below ``root`` or an official model folder (ending in ``/``), whose component is found by
+    its official name (`find_components`). The choice comes from a workflow, so it is checked like a name read from
+    a file (`contained_path`): never absolute, never ``..``, no NUL, not longer than a path can be.
+
+    Raises:
+        ModelFormatError: a choice that is not a usable name inside ``root``.
+        MissingComponentError: nothing of that name, or a folder without the component.
+    """
+    if field not in _EXPECTED:
+        raise ValueError(f"unknown component {field!r}; one of {', '.join(_EXPECTED)}")
+    if not isinstance(choice, str):
+        raise ModelFormatError(f"{shown(root)}: the model choice is a {type(choice).__name__}, not a name")
+    path = contained_path(root, choice.rstrip("/"), root, what="model")
+    if choice.endswith("/") or _is(path, Path.is_dir):
+        if not _is(path, Path.is_dir):
+            raise MissingComponentError(f"{shown(path)}: model folder not found")
+        return find_components(path).require(field)
+    if field == "tokenizer" or not _is(path, Path.is_file):
+        raise MissingComponentError(f"{shown(path)}: {_EXPECTED[field][0]} file not found")
+    return path

@@ -22,6 +22,7 @@ from ..kernels.quantized import QuantOps, QuantScheme
 from ..models.t5 import TextEncoder, UMT5Encoder
 from .components import TOKENIZER_DIR, TOKENIZER_FILE
 from .files import TensorView, open_tensors
+from .files.boundary import boundary, shown
 from .quantization import Rename, canonicalize, dequantized, quantized
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,15 @@ class UMT5Tokenizer:
 
         path = Path(folder) / TOKENIZER_FILE
         if not path.is_file():
-            raise MissingComponentError(f"{path}: umT5 tokenizer not found; pass the folder holding {TOKENIZER_FILE} "
+            raise MissingComponentError(f"{shown(path)}: umT5 tokenizer not found; pass the folder holding {TOKENIZER_FILE} "
                                         f"(the official {TOKENIZER_DIR}/)")
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as error:  # the tokenizers library raises plain Exceptions for a bad file
-            raise ModelFormatError(f"{path}: not a readable tokenizer.json ({error})") from None
+        except Exception:  # the tokenizers library raises plain Exceptions for a bad file
+            raise ModelFormatError(f"{shown(path)}: not a readable {TOKENIZER_FILE}") from None
         pad_id = self.tokenizer.token_to_id("<pad>")
         if pad_id is None:
-            raise ModelFormatError(f"{path}: the vocabulary has no <pad> token; is this the umT5 tokenizer?")
+            raise ModelFormatError(f"{shown(path)}: the vocabulary has no <pad> token; is this the umT5 tokenizer?")
         self.tokenizer.enable_truncation(max_length=length)
         self.tokenizer.enable_padding(length=length, pad_id=pad_id, pad_token="<pad>")
 
@@ -122,9 +123,8 @@ class SentencePieceTokenizer:
         self.processor = sentencepiece.SentencePieceProcessor()
         try:
             self.processor.LoadFromSerializedProto(model)
-        except Exception as error:  # sentencepiece raises RuntimeError or OSError for bad bytes
-            raise ModelFormatError(f"{source}: the embedded {SPIECE_KEY} is not a SentencePiece model "
-                                   f"({error})") from None
+        except Exception:  # sentencepiece raises RuntimeError or OSError for bad bytes
+            raise ModelFormatError(f"{source}: the embedded {SPIECE_KEY} is not a SentencePiece model") from None
         self.pad_id, self.end_id = self.processor.pad_id(), self.processor.eos_id()
         if self.pad_id < 0 or self.end_id < 0:
             raise ModelFormatError(f"{source}: the embedded SentencePiece model has no pad or end token; is it the "
@@ -192,9 +192,10 @@ def canonical_text_encoder(tensors: TensorView, *, quantization: str = "auto", d
 
 def read_text_encoder_file(path: Path) -> TensorView:
     """The raw tensors of a T5 file (``.pth``/``.pt`` or ``.safetensors``), read lazily through `open_tensors`."""
-    return open_tensors(path, what="text encoder file")
+    return open_tensors(path, name=shown(path), what="text encoder file")
 
 
+@boundary("umT5 text encoder")
 def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, dtype: torch.dtype = torch.bfloat16,
                       device: torch.device | str = "cpu", quantization: str = "auto") -> TextEncoder:
     """Load umT5-XXL (official ``.pth`` or HF/ComfyUI ``.safetensors``, float or FP8) with its tokenizer.
@@ -215,8 +216,9 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
     path = Path(path)
     stored = read_text_encoder_file(path)
     text_tokenizer = _tokenizer_of(path, stored, tokenizer)
-    tensors, layers = canonical_text_encoder(stored, quantization=quantization, device=device, source=str(path))
-    model = UMT5Encoder.from_state_dict(tensors, dtype=dtype, device=device, ops=QuantOps(layers), source=str(path))
+    tensors, layers = canonical_text_encoder(stored, quantization=quantization, device=device, source=shown(path))
+    model = UMT5Encoder.from_state_dict(tensors, dtype=dtype, device=device, ops=QuantOps(layers),
+                                        source=shown(path))
     config = model.config
     log.info("umT5 encoder from %s: dim %d, %d blocks, %s on %s%s", path.name, config.dim, config.num_layers,
              str(dtype).removeprefix("torch."), device,
@@ -227,12 +229,12 @@ def load_text_encoder(path: str | Path, tokenizer: str | Path | None = None, *, 
 def _tokenizer_of(path: Path, stored: TensorView, tokenizer: str | Path | None):
     """An explicit tokenizer folder, else the file's embedded SentencePiece model, else google/umt5-xxl/ beside it."""
     if tokenizer is None and SPIECE_KEY in stored:
-        return SentencePieceTokenizer(stored[SPIECE_KEY].numpy().tobytes(), source=str(path))
+        return SentencePieceTokenizer(stored[SPIECE_KEY].numpy().tobytes(), source=shown(path))
     folder = Path(tokenizer) if tokenizer is not None else path.parent / TOKENIZER_DIR
     if folder.is_file() and folder.name == TOKENIZER_FILE:
         folder = folder.parent
     if tokenizer is None and not (folder / TOKENIZER_FILE).is_file():
-        raise MissingComponentError(f"{path}: no umT5 tokenizer: the file embeds none ({SPIECE_KEY}, which "
-                                    f"ComfyUI's umt5_xxl files carry) and {folder} holds no {TOKENIZER_FILE}; pass "
+        raise MissingComponentError(f"{shown(path)}: no umT5 tokenizer: the file embeds none ({SPIECE_KEY}, which "
+                                    f"ComfyUI's umt5_xxl files carry) and {shown(folder)} holds no {TOKENIZER_FILE}; pass "
                                     f"the folder holding {TOKENIZER_DIR}/{TOKENIZER_FILE}")
     return UMT5Tokenizer(folder)

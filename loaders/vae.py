@@ -16,9 +16,11 @@ import torch
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.latent_spaces import latent_space_of_vae
+from ..models.checkpoint_checks import check_dtypes
 from ..models.vae2_1 import VaeConfig, WanVAE
 from ..models.weights import assign_weights, tensor_shapes
 from .files import TensorView, open_tensors
+from .files.boundary import boundary, shown
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,14 @@ VERSIONS: dict[str, tuple[str, int]] = {
     "2.2": ("decoder.upsamples.0.upsamples.0.residual.2.weight", 12),
     "2.1": ("decoder.upsamples.0.residual.2.weight", 3),
 }
+# Tensors the widths are read from, and their rank (Wan VAE convs are 3-D: [out, in, t, h, w]; norms [C, 1, 1, 1]).
+_INFERRED_FROM = {"encoder.conv1.weight": 5, "decoder.head.0.gamma": 4, "decoder.head.2.weight": 5,
+                  "conv2.weight": 5}
 
 
 def read_vae_tensors(path: str | Path) -> TensorView:
     """The tensors of a VAE file (``.pth``/``.pt`` or ``.safetensors``), read lazily through `open_tensors`."""
-    return open_tensors(path, what="VAE file")
+    return open_tensors(path, name=shown(path), what="VAE file")
 
 
 def detect_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> VaeConfig:
@@ -45,9 +50,13 @@ def detect_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> Vae
     if version is None:
         raise ModelFormatError(f"{source}: a Wan VAE without the decoder stage keys of Wan2.1 or Wan2.2 "
                                f"({', '.join(marker for marker, _ in VERSIONS.values())})")
-    for key in ("encoder.conv1.weight", "decoder.head.0.gamma", "decoder.head.2.weight", "conv2.weight"):
+    for key, rank in _INFERRED_FROM.items():
         if key not in shapes:
             raise ModelFormatError(f"{source}: Wan{version} VAE tensor {key!r} is missing; the file is incomplete")
+        shape = tuple(shapes[key])
+        if len(shape) != rank or not all(size > 0 for size in shape):
+            raise ModelFormatError(f"{source}: Wan{version} VAE tensor {key!r} has shape {shape}; expected {rank} "
+                                   "positive sizes")
     pixels = VERSIONS[version][1]
     if shapes["encoder.conv1.weight"][1] != pixels or shapes["decoder.head.2.weight"][0] != pixels:
         raise UnsupportedModelError(
@@ -68,10 +77,12 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
     config = detect_vae_config(tensor_shapes(tensors), source)
     with torch.device("meta"):
         model = latent_space_of_vae(config.version).vae_class(config, latent_format=latent_format)
+    check_dtypes(model, tensors, source, f"the Wan{config.version} VAE")
     return assign_weights(model, tensors, dtype=dtype, device=device, source=source,
                           what=f"the Wan{config.version} VAE (dim {config.dim}, decoder {config.dec_dim})")
 
 
+@boundary("Wan VAE")
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
              latent_format: str = "normalized") -> WanVAE:
     """Load ``Wan2.1_VAE.pth`` / ``Wan2.2_VAE.pth`` or a ComfyUI twin (``wan_2.1_vae.safetensors``, ...).
@@ -91,7 +102,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch
     """
     path = Path(path)
     model = build_vae(read_vae_tensors(path), dtype=dtype, device=device, latent_format=latent_format,
-                      source=str(path))
+                      source=shown(path))
     cfg = model.config
     log.info("Wan%s VAE from %s: z %d, widths %d/%d, %s on %s, %s latents", cfg.version, path.name, cfg.z_dim,
              cfg.dim, cfg.dec_dim, str(dtype).removeprefix("torch."), device, latent_format)

@@ -8,6 +8,7 @@ Math: spec networks.md §3 (pre-norm ViT, exact GELU, the first L-1 of L blocks,
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Mapping
 
@@ -17,12 +18,19 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFormatError
 from ..kernels.ops import TorchOps
+from .checkpoint_checks import check_dtypes, count_blocks
 from .weights import assign_weights, tensor_shapes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_DIM = 80  # ViT-H/14: 1280 wide, 16 heads; heads are not stored in the file
-_BLOCK_KEY = re.compile(r"^transformer\.(\d+)\.")
+_BLOCK_KEY = re.compile(r"^transformer\.(\d{1,9})\.")
+# The tensors a config is read from, and their rank.
+_INFERRED_FROM = {"patch_embedding.weight": 4, "pos_embedding": 3, "transformer.0.mlp.0.weight": 2}
+# Tensors every block holds (their shapes equal block 0's).
+BLOCK_TENSORS = ("norm1.weight", "norm1.bias", "attn.to_qkv.weight", "attn.to_qkv.bias", "attn.proj.weight",
+                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight",
+                 "mlp.2.bias")
 # LayerNorms compute in fp32 (official wrapper upcasts), so their parameters stay fp32.
 KEEP_IN_FP32 = re.compile(r"(^pre_norm|\.norm[12])\.")
 
@@ -52,17 +60,20 @@ class ClipVisionConfig:
     @classmethod
     def infer(cls, shapes: Mapping[str, tuple[int, ...]], source: str = "state dict") -> "ClipVisionConfig":
         """The config from official tower shapes (``visual.`` prefix removed); heads assume 80-wide heads."""
-        try:
-            dim, _, patch_size, _ = shapes["patch_embedding.weight"]
-            tokens = shapes["pos_embedding"][1]
-            mlp_dim = shapes["transformer.0.mlp.0.weight"][0]
-        except (KeyError, ValueError) as error:
-            raise ModelFormatError(f"{source}: not a CLIP vision tower (tensor {error} missing or malformed)") from None
-        grid = round((tokens - 1) ** 0.5)
-        if grid * grid != tokens - 1 or dim % HEAD_DIM:
-            raise ModelFormatError(f"{source}: {tokens} positions / width {dim} do not fit a square ViT with "
-                                   f"{HEAD_DIM}-wide heads")
-        num_layers = 1 + max(int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key)))
+        for key, rank in _INFERRED_FROM.items():
+            shape = shapes.get(key)
+            if shape is None or len(shape) != rank or not all(size > 0 for size in shape):
+                found = "missing" if shape is None else f"of shape {tuple(shape)}"
+                raise ModelFormatError(f"{source}: not a CLIP vision tower: tensor {key} is {found}; expected "
+                                       f"{rank} positive sizes")
+        dim, _, patch_size, _ = shapes["patch_embedding.weight"]
+        tokens = shapes["pos_embedding"][1]
+        mlp_dim = shapes["transformer.0.mlp.0.weight"][0]
+        grid = math.isqrt(tokens - 1)
+        if grid == 0 or grid * grid != tokens - 1 or dim % HEAD_DIM:
+            raise ModelFormatError(f"{source}: {tokens} positions (pos_embedding) / width {dim} "
+                                   f"(patch_embedding.weight) do not fit a square ViT with {HEAD_DIM}-wide heads")
+        num_layers = count_blocks(shapes, _BLOCK_KEY, BLOCK_TENSORS, source, "CLIP vision tower")
         return cls(image_size=grid * patch_size, patch_size=patch_size, dim=dim, mlp_dim=mlp_dim,
                    num_heads=dim // HEAD_DIM, num_layers=num_layers)
 
@@ -134,6 +145,7 @@ class ClipVisionEncoder(nn.Module):
         config = ClipVisionConfig.infer(shapes, source)
         with torch.device("meta"):
             model = cls(config, ops=ops)
+        check_dtypes(model, state_dict, source, "the CLIP vision tower")
         unused = re.compile(rf"^(transformer\.{config.num_layers - 1}\.|post_norm\.|head$)")
         assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, keep_fp32=KEEP_IN_FP32,
                        ignore=unused, what="a CLIP vision tower", source=source)

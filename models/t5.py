@@ -18,9 +18,16 @@ from torch import nn
 
 from ..errors import ModelFormatError
 from ..kernels.ops import TorchOps
+from .checkpoint_checks import check_dtypes, count_blocks
 from .weights import assign_weights, tensor_shapes
 
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+_BLOCK_KEY = re.compile(r"^blocks\.(\d{1,9})\.")
+# The tensors a config is read from, and their rank.
+_INFERRED_FROM = {"token_embedding.weight": 2, "blocks.0.attn.q.weight": 2, "blocks.0.ffn.fc1.weight": 2,
+                  "blocks.0.pos_embedding.embedding.weight": 2}
+# Tensors every block holds (their shapes equal block 0's).
+BLOCK_TENSORS = ("norm1.weight", "attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.o.weight", "norm2.weight",
+                 "ffn.gate.0.weight", "ffn.fc1.weight", "ffn.fc2.weight", "pos_embedding.embedding.weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +59,22 @@ class T5Config:
     @classmethod
     def infer(cls, shapes: Mapping[str, tuple[int, ...]], source: str = "state dict") -> "T5Config":
         """The config from official-named tensor shapes (key -> shape)."""
-        try:
-            vocab_size, dim = shapes["token_embedding.weight"]
-            attn_dim = shapes["blocks.0.attn.q.weight"][0]
-            ffn_dim = shapes["blocks.0.ffn.fc1.weight"][0]
-            num_buckets, num_heads = shapes["blocks.0.pos_embedding.embedding.weight"]
-        except (KeyError, ValueError) as error:
-            raise ModelFormatError(
-                f"{source}: not a umT5 encoder (tensor {error} missing or of the wrong rank)") from None
-        num_layers = 1 + max(int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key)))
+        sizes = {}
+        for key, rank in _INFERRED_FROM.items():
+            shape = shapes.get(key)
+            if shape is None or len(shape) != rank or not all(size > 0 for size in shape):
+                found = "missing" if shape is None else f"of shape {tuple(shape)}"
+                raise ModelFormatError(f"{source}: not a umT5 encoder: tensor {key} is {found}; expected "
+                                       f"{rank} positive sizes")
+            sizes[key] = tuple(shape)
+        vocab_size, dim = sizes["token_embedding.weight"]
+        attn_dim = sizes["blocks.0.attn.q.weight"][0]
+        ffn_dim = sizes["blocks.0.ffn.fc1.weight"][0]
+        num_buckets, num_heads = sizes["blocks.0.pos_embedding.embedding.weight"]
         if attn_dim % num_heads:
-            raise ModelFormatError(f"{source}: q width {attn_dim} is not a multiple of {num_heads} heads")
+            raise ModelFormatError(f"{source}: umT5 q width {attn_dim} (blocks.0.attn.q.weight) is not a multiple "
+                                   f"of its {num_heads} heads (blocks.0.pos_embedding.embedding.weight)")
+        num_layers = count_blocks(shapes, _BLOCK_KEY, BLOCK_TENSORS, source, "umT5 encoder")
         return cls(vocab_size=vocab_size, dim=dim, attn_dim=attn_dim, ffn_dim=ffn_dim, num_heads=num_heads,
                    num_layers=num_layers, num_buckets=num_buckets)
 
@@ -184,6 +196,7 @@ class UMT5Encoder(nn.Module):
         shapes = tensor_shapes(state_dict)
         with torch.device("meta"):
             model = cls(T5Config.infer(shapes, source), ops=ops)
+        check_dtypes(model, state_dict, source, "the umT5 encoder")
         return assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, what="a umT5 encoder",
                               source=source)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import MissingComponentError
+from ..errors import MissingComponentError, ModelFormatError
 from ..loaders import find_components, load_clip_vision, load_text_encoder, load_vae
 from ..loaders.components import TOKENIZER_DIR, TOKENIZER_FILE
+from ..loaders.files.json_files import contained_path
 from ..models.latent_spaces import to_normalized, to_raw
 from ..sampling.failures import guarded
 from . import host
@@ -24,6 +25,15 @@ from .values import DTYPES, TEXT_LEN, image_of
 # folder's google/umt5-xxl/.
 TOKENIZER_DEFAULT = "(from the file or model folder)"
 TILE_MODES = ("auto", "on", "off")
+
+
+def _checked(choice: object) -> str:
+    """A model widget's value, refused (as a pack error) unless it is a name inside a models folder: workflows are
+    shared, so the value is as untrusted as a name read from a file (no ``..``, absolute paths, NUL, over-long)."""
+    if not isinstance(choice, str):
+        raise ModelFormatError(f"the model choice is a {type(choice).__name__}, not a file or folder name")
+    contained_path("models", choice.rstrip("/"), "the workflow", what="model")
+    return choice
 
 
 def _component(choice_path: Path, field: str) -> Path:
@@ -104,12 +114,13 @@ class WanExpressTextEncoderLoader:
         }
 
     def load(self, model: str, quantization: str, device: str, tokenizer_folder: str = TOKENIZER_DEFAULT):
-        path = host.resolve_model("text_encoders", model)
+        path = host.resolve_model("text_encoders", _checked(model))
         if path.is_dir():
             parts = find_components(path)
             path, tokenizer = parts.require("text_encoder"), parts.require("tokenizer")
         else:  # None: the file's own spiece_model, else google/umt5-xxl/ beside it
-            tokenizer = None if tokenizer_folder == TOKENIZER_DEFAULT else _resolve_tokenizer(tokenizer_folder)
+            tokenizer = (None if tokenizer_folder == TOKENIZER_DEFAULT
+                         else _resolve_tokenizer(_checked(tokenizer_folder)))
         encoder = load_text_encoder(path, tokenizer, device="cpu", quantization=quantization)
         if device == "gpu":  # waits in CPU memory; ComfyUI's memory manager brings it in for each encode
             host.managed(encoder.model, "text_encoder")
@@ -168,7 +179,7 @@ class WanExpressCLIPVisionLoader:
         }}
 
     def load(self, model: str):
-        path = _component(host.resolve_model("clip_vision", model), "clip_vision")
+        path = _component(host.resolve_model("clip_vision", _checked(model)), "clip_vision")
         return (host.managed(load_clip_vision(path), "text_encoder"),)
 
 
@@ -222,7 +233,7 @@ class WanExpressVAELoader:
         }}
 
     def load(self, model: str, dtype: str):
-        path = _component(host.resolve_model("vae", model), "vae")
+        path = _component(host.resolve_model("vae", _checked(model)), "vae")
         return (host.managed(load_vae(path, dtype=_vae_dtype(dtype)), "vae"),)
 
 

@@ -20,6 +20,7 @@ import torch
 from ...errors import IncompatibleLoraError, ModelFormatError
 from ..diffusers_keys import BLOCK_MODULES, TOP_MODULES
 from ..files import open_tensors
+from ..files.boundary import boundary, shown
 
 # Key suffix -> role, longest first where one suffix ends another (spec §9.2).
 SUFFIXES = (
@@ -145,10 +146,11 @@ class LoraFile:
     unmapped: list[str]
 
 
+@boundary("LoRA")
 def read_lora(path: str | Path) -> LoraFile:
     """Read a LoRA ``.safetensors`` (or a tensor-only ``.pt``/``.pth``) and parse it with `parse_lora`."""
     path = Path(path)
-    return parse_lora(open_tensors(path, what="LoRA file"), source=path.name)
+    return parse_lora(open_tensors(path, name=shown(path), what="LoRA file"), source=shown(path))
 
 
 def parse_lora(tensors: Mapping[str, torch.Tensor], source: str) -> LoraFile:
@@ -156,7 +158,8 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], source: str) -> LoraFile:
 
     Raises:
         IncompatibleLoraError: the file holds an adapter type that is not a low-rank or full delta (DoRA, LoHa...).
-        ModelFormatError: two keys land on the same entry, or an up/down pair disagrees on the rank.
+        ModelFormatError: two keys land on the same entry, an up/down pair disagrees on the rank, or a tensor is
+            unusable (`check_lora_tensor`: wrong rank, zero size, not float, NaN/Inf).
     """
     modules: dict[str, LoraModule] = {}
     unmapped: list[str] = []
@@ -180,6 +183,7 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], source: str) -> LoraFile:
             raise ModelFormatError(f"{source}: keys {module.keys[role]!r} and {key!r} both give the {role} of "
                                    f"{module_path}; the file mixes two naming styles for one module")
         module.keys[role] = key
+        tensor = check_lora_tensor(tensor, role, key, source)
         setattr(module, role, float(tensor.float().reshape(-1)[0]) if role == "alpha" else tensor)
     for name in list(modules):
         module = modules[name]
@@ -194,6 +198,32 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], source: str) -> LoraFile:
         if not module.has_pair and module.diff is None and module.diff_b is None and module.diff_m is None:
             del modules[name]
     return LoraFile(name=source, modules=modules, unmapped=sorted(unmapped))
+
+
+# Least rank of each role's tensor: factors are matrices (or conv kernels), alpha a scalar (0-D or one element).
+_LEAST_RANK = {"up": 2, "down": 2, "mid": 2, "alpha": 0, "diff": 1, "diff_b": 1, "diff_m": 1}
+
+
+def check_lora_tensor(tensor: torch.Tensor, role: str, key: str, source: str) -> torch.Tensor:
+    """``tensor`` if it can serve as the ``role`` of a LoRA module, else a `ModelFormatError` naming ``key``.
+
+    Refused: meta or sparse tensors, non-float dtypes, fewer dimensions than the role needs (0-D up/down), zero
+    sizes (rank 0, empty tensors), an alpha of more than one element, and NaN/Inf anywhere (they
+    would turn every merged weight into NaN).
+    """
+    if tensor.is_meta or tensor.layout != torch.strided:
+        raise ModelFormatError(f"{source}: LoRA tensor {key!r} holds no dense data")
+    if not tensor.is_floating_point():
+        raise ModelFormatError(f"{source}: LoRA tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; "
+                               "LoRA weights are floats")
+    if tensor.dim() < _LEAST_RANK[role] or 0 in tensor.shape:
+        raise ModelFormatError(f"{source}: LoRA tensor {key!r} has shape {tuple(tensor.shape)}, unusable as a "
+                               f"LoRA {role}" + (" (rank 0)" if role in ("up", "down") and 0 in tensor.shape else ""))
+    if role == "alpha" and tensor.numel() != 1:
+        raise ModelFormatError(f"{source}: LoRA alpha {key!r} has {tensor.numel()} elements; an alpha is one number")
+    if not bool(torch.isfinite(tensor.float()).all()):
+        raise ModelFormatError(f"{source}: LoRA tensor {key!r} holds NaN or Inf values; the file is damaged")
+    return tensor
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
