@@ -256,6 +256,10 @@ def main() -> None:
                 "forward_s": statistics.median(times), "times_s": times, "weights_gib": memory,
                 "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
                 "operations": getattr(model, "operations_name", None)})
+            run = results["runs"][-1]
+            print(f"{variant:<26}{size:<6}{run['forward_s']:>8.3f} s  peak {run['peak_gib'] or 0:.1f} GiB", flush=True)
+        with open(args.json, "w") as handle:  # what has run so far survives a time limit
+            json.dump(results, handle, indent=1)
         del model, forward
         gc.collect()
         torch._dynamo.reset()

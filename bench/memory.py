@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import gc
 import json
+import os
 import pickle
 import statistics
 import time
 from pathlib import Path
 
-import torch
+# Side-stream copies leave freed blocks that the compute stream cannot reuse; expandable segments keep that slack
+# from turning into an out-of-memory error under a tight cap. Set before CUDA starts (the caller's value wins).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 import wan_express
 from random_fp8 import fp8_state_dict, quantized_layers
@@ -34,7 +40,7 @@ from wan_express.models.streaming import (DEFAULT_PREFETCH, GIB, WeightPool, blo
 LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}  # 81 frames
 TINY_CONFIG = WanConfig("t2v", 16, 16, dim=128, ffn_dim=256, num_heads=1, num_layers=5, text_dim=32)
 TINY_LATENT = (3, 8, 12)
-MARGIN_GIB = 1.0  # allocator slack kept free under the cap
+MARGIN_GIB = 2.0  # allocator slack kept free under the cap (1 GiB was too little: both sizes ran out at 24 GiB)
 
 
 class Clock:
@@ -178,9 +184,15 @@ def peak_allocations(snapshot: dict, top: int = 15) -> dict:
         elif event["action"] == "free_requested" and event["addr"] in live:
             total -= live.pop(event["addr"])[0]
     package = str(Path(wan_express.__file__).resolve().parent) + "/"
+
+    @functools.lru_cache(maxsize=None)
+    def resolved(filename: str) -> str:  # frames name files as imported (through links), the package as resolved
+        return str(Path(filename).resolve())
+
     by_frame = collections.defaultdict(lambda: [0, 0])
     for size, frames in at_peak.values():
-        ours = [frame for frame in frames if frame["filename"].startswith(package)]
+        ours = [dict(frame, filename=resolved(frame["filename"])) for frame in frames
+                if resolved(frame["filename"]).startswith(package)]
         frame = (ours or frames or [{"filename": "?", "line": 0, "name": "?"}])[0]
         where = f"{frame['filename'].removeprefix(package)}:{frame['line']} {frame['name']}"
         by_frame[where][0] += size
@@ -220,7 +232,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     tiny = args.tiny or not torch.cuda.is_available()
     repeats = 1 if tiny else args.repeats
-    device = torch.device("cpu" if tiny else "cuda")
+    device = torch.device("cpu") if tiny else torch.device("cuda", torch.cuda.current_device())
     config = TINY_CONFIG if tiny else RELEASED_CONFIGS["Wan2.2-T2V-A14B"]
     latents = {"tiny": TINY_LATENT} if tiny else {size: LATENTS[size] for size in args.sizes}
     pair = build_pair(config)

@@ -2,7 +2,8 @@
 
 The model never constructs a Linear, an attention call or an activation-producing op itself: it asks an
 `Ops` object. `TorchOps` is the plain PyTorch reference; quantized and fused variants subclass it and are
-injected at construction, so the network code stays the same for every precision.
+injected at construction, so the network code stays the same for every precision. The fused non-GEMM ops
+(`kernels.fused`: q/k RMSNorm + RoPE + cast, the gated residual) are shared by every factory.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import attention as attention_kernels
+from . import fused
 from .act_quant import layer_norm_reference, norm_modulate_reference, rms_norm_reference
 
 
@@ -24,15 +26,8 @@ class CastLinear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
-# The attention choice of the loaders: PyTorch's SDPA picks its kernel ("auto"), or one kernel is asked for (math
-# stays allowed as the fallback where that kernel cannot run, e.g. flash on a CPU or for fp32 inputs).
-ATTENTION_BACKENDS = {
-    "auto": None,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "math": SDPBackend.MATH,
-}
+# The attention option of the loaders (see `kernels.attention.selection`).
+ATTENTION_BACKENDS = attention_kernels.ATTENTION_OPTIONS
 
 
 class TorchOps:
@@ -40,10 +35,19 @@ class TorchOps:
 
     Every method takes the layer's official name (``blocks.3.self_attn.q``) so a subclass can choose a
     different implementation per layer (e.g. keep the head in float while the blocks run FP8).
-    ``attention_backend``: a key of `ATTENTION_BACKENDS`.
+    ``attention_backend``: one of `ATTENTION_BACKENDS`. ``ffn_chunk_tokens``: run the FFN (its LayerNorm +
+    modulation, both linears, the GELU and the gated residual) over slices of this many tokens when the sequence is
+    longer, which bounds its [tokens, ffn_dim] intermediates (the block's peak at Wan shapes); 0: one pass. Every op
+    of the FFN works row by row, so the result is bit-identical to one pass wherever the GEMM library computes a row
+    the same way at every row count (the CPU one does for multiples of 16 rows; elsewhere a different kernel choice
+    for the smaller GEMMs changes only their rounding).
     """
 
     attention_backend = "auto"
+    ffn_chunk_tokens = 0
+
+    def __init__(self, ffn_chunk_tokens: int = 0):
+        self.ffn_chunk_tokens = ffn_chunk_tokens
 
     def linear(self, in_features: int, out_features: int, *, name: str, bias: bool = True) -> nn.Module:
         """A Linear layer; its state-dict keys must be ``weight`` (+ ``bias``) plus any scales it declares."""
@@ -72,6 +76,28 @@ class TorchOps:
         """
         return rms_norm_reference(x, weight, eps)
 
+    # The fused ops below feed attention or the residual, never a Linear, so no factory varies them per layer: they
+    # take no layer name (and a compiled block reads no per-block string).
+    def qk_norm_rope(self, x: torch.Tensor, weight: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     eps: float, dtype: torch.dtype) -> torch.Tensor:
+        """Self-attention q or k: Wan's RMSNorm over all heads, RoPE, cast to ``dtype`` in one pass
+        (`fused.qk_norm_rope`). x: [B, L, D] projection output; weight: [D]; rope: cos, sin [L, d/2] -> [B, L, D]."""
+        return fused.qk_norm_rope(x, weight, *rope, eps, dtype)
+
+    def qk_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+        """Cross-attention q or k: Wan's RMSNorm then cast to ``dtype`` (`fused.qk_norm`). x: [B, L, D] -> same."""
+        return fused.qk_norm(x, weight, eps, dtype)
+
+    def gated_residual_(self, residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> None:
+        """``residual += gate * update`` in place (`fused.gated_residual_`). residual: [B, S, D] fp32 stream
+        (slices of it included); update: [B, S, D]; gate: [B, 1 or S, D] or None for an ungated add."""
+        fused.gated_residual_(residual, update, gate)
+
+    def token_chunks(self, tokens: int) -> list[slice]:
+        """The token slices the FFN runs over (``ffn_chunk_tokens``): one slice unless the sequence is longer."""
+        step = self.ffn_chunk_tokens if 0 < self.ffn_chunk_tokens < tokens else tokens
+        return [slice(start, min(start + step, tokens)) for start in range(0, tokens, max(step, 1))]
+
     def gelu_tanh(self, *, name: str) -> nn.Module:
         """The FFN activation; ``name`` is the Linear that consumes its output."""
         return nn.GELU(approximate="tanh")
@@ -88,10 +114,7 @@ class TorchOps:
         The reference ignores names: itself."""
         return self
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]."""
-        kernel = ATTENTION_BACKENDS[self.attention_backend]
-        if kernel is None:
-            return F.scaled_dot_product_attention(q, k, v)
-        with sdpa_kernel([kernel, SDPBackend.MATH]):
-            return F.scaled_dot_product_attention(q, k, v)
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "self") -> torch.Tensor:
+        """Softmax attention without mask. q: [B, H, Lq, d], k/v: [B, H, Lk, d] -> [B, H, Lq, d]; kind: "self"
+        or "cross" (the "auto" option treats them differently)."""
+        return attention_kernels.attention(q, k, v, self.attention_backend, kind)

@@ -191,11 +191,12 @@ class QuantOps(TorchOps):
     ``backend`` and ``emulate_activations`` are passed to every `QuantLinear` (see there). Where a quantized
     linear runs natively on CUDA with Triton installed, the LayerNorm + modulation, the affine LayerNorm, the T5
     RMSNorm and the GELU feeding it quantize their output in the same kernel, except the producers named through
-    `float_inputs`.
+    `float_inputs`. ``ffn_chunk_tokens``: see `TorchOps`.
     """
 
     def __init__(self, layers: Mapping[str, QuantScheme], backend: str = "auto", emulate_activations: bool = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", ffn_chunk_tokens: int = 0):
+        super().__init__(ffn_chunk_tokens)
         backends.check_name(backend)
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention backend {attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")

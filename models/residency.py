@@ -70,9 +70,9 @@ class PinnedArena:
             offsets.append(total)
             total += -(-size // self.ALIGN) * self.ALIGN
         length = max(-(-total // self.PAGE) * self.PAGE, self.PAGE)
-        raw = torch.empty(length + self.PAGE, dtype=torch.uint8)  # room to start on a page of our own
-        start = -raw.data_ptr() % self.PAGE
-        self.buffer = raw[start:start + length]
+        # The whole storage is registered: `Tensor.is_pinned()` asks CUDA about the storage's first byte, and a
+        # buffer that started past it would read as pageable (then every copy from it is synchronous).
+        self.buffer = torch.empty(length, dtype=torch.uint8)
         code = int(torch.cuda.cudart().cudaHostRegister(self.buffer.data_ptr(), length, 0))
         if code != 0:
             raise RuntimeError(f"cudaHostRegister of {length / 2 ** 20:.0f} MB failed with CUDA error {code}")

@@ -4,7 +4,8 @@ Entry point: `WanDiT.from_state_dict(sd, config=None, dtype=..., device=...)`, t
 `model(x, t, context, clip_fea=None, y=None)` returns the velocity. Linears, attention and the ops that feed
 linears come from an injected `TorchOps`-like factory, so quantized kernels plug in without touching this file.
 Math follows spec networks.md §1; in bf16 the official fp32 islands (modulation, norms, residual stream, time
-embedding, head) stay fp32.
+embedding, head) stay fp32. The residual stream is one contiguous fp32 [B, S, D] tensor that the blocks update in
+place; q/k norms, RoPE, casts and gated adds are the ops' fused kernels (`kernels.fused`, rounding documented there).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..kernels.fused import precise_dtype, rope_tables
 from ..kernels.ops import TorchOps
 from .wan_config import WanConfig
 from .weights import assign_weights, tensor_shapes
@@ -30,60 +32,24 @@ KEEP_IN_FP32 = re.compile(
     r"|\.norm(3|_q|_k|_k_img)\."
     r"|^img_emb\.(proj\.[04]\.|emb_pos$)")
 
-def _precise_dtype(device: torch.device) -> torch.dtype:
-    """fp64 where the device has it (the official sinusoid and RoPE tables are fp64)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Timestep embedding, cos block first. t: [N] -> [N, dim] float32 (computed in fp64)."""
     half = dim // 2
-    dtype = _precise_dtype(t.device)
+    dtype = precise_dtype(t.device)
     freqs = torch.pow(10000.0, -torch.arange(half, device=t.device, dtype=dtype) / half)
     angles = t.to(dtype)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """3-D RoPE cos/sin for every token of an (f, h, w) grid: two [S, head_dim/2] fp32 tables (fp64 math).
-
-    Pairs per axis: time gets ``head_dim/2 - 2*(head_dim/6)``, height and width ``head_dim/6`` each; every axis
-    uses its own denominator (44, 42, 42 for 128-wide heads).
-    """
-    pairs = head_dim // 2
-    axis_pairs = (pairs - 2 * (pairs // 3), pairs // 3, pairs // 3)
-    dtype = _precise_dtype(device)
-    angles = []
-    for axis, (size, n_pairs) in enumerate(zip(grid, axis_pairs)):
-        inv_freq = 10000.0 ** (-torch.arange(n_pairs, device=device, dtype=dtype) * 2 / (2 * n_pairs))
-        axis_angles = torch.arange(size, device=device, dtype=dtype)[:, None] * inv_freq[None, :]
-        view = [1, 1, 1, n_pairs]
-        view[axis] = size
-        angles.append(axis_angles.view(view).expand(*grid, n_pairs))
-    angles = torch.cat(angles, dim=-1).reshape(-1, pairs)
-    return torch.cos(angles).float(), torch.sin(angles).float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]). x: [B, S, H, d] fp32; cos/sin: [S, d/2]."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
-
-
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the last dim: normalised in fp32, cast back, then times the fp32 weight (official order)."""
+    """The weight [D] and eps of a q/k RMSNorm; the ops apply it, fused with RoPE and the cast
+    (`TorchOps.qk_norm_rope`, `TorchOps.qk_norm`; math in `kernels.fused.rms_norm_reference`)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -105,16 +71,16 @@ class TimeConditioning:
     """Timestep embeddings for a batch, stored once per distinct timestep row and indexed per token.
 
     e: [N, D] time_embedding output; e0: [N, 6, D] time_projection output; index: [B, S] (per-token
-    timesteps) or [B, 1] (one timestep per sample) selecting rows of e/e0.
+    timesteps) or [B, 1] selecting rows of e/e0, or None when row i is sample i (one timestep per sample).
     """
 
     e: torch.Tensor
     e0: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor | None
 
     def to_tokens(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows: [N, D] -> [B, S or 1, D] broadcastable over the tokens."""
-        return rows[self.index]
+        """rows: [N, ...] -> [B, S or 1, ...] broadcastable over the tokens (a view when ``index`` is None)."""
+        return rows[:, None] if self.index is None else rows[self.index]
 
 
 class WanSelfAttention(nn.Module):
@@ -129,12 +95,11 @@ class WanSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], compute_dtype: torch.dtype):
         """x: [B, S, D] (or a pre-quantized activation) -> [B, S, D]."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = self.ops.qk_norm_rope(self.q(x), self.norm_q.weight, rope, self.norm_q.eps, compute_dtype)
+        k = self.ops.qk_norm_rope(self.k(x), self.norm_k.weight, rope, self.norm_k.eps, compute_dtype)
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, self.v(x)))
         heads = [t.transpose(1, 2).to(compute_dtype) for t in (q, k, v)]
-        out = self.ops.attention(*heads).transpose(1, 2).flatten(2)
+        out = self.ops.attention(*heads, kind="self").transpose(1, 2).flatten(2)
         return self.o(out)
 
 
@@ -158,16 +123,20 @@ class WanCrossAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute_dtype: torch.dtype):
         k = k.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
         v = v.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
-        return self.ops.attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.ops.attention(q, k, v, kind="cross").transpose(1, 2).flatten(2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
         """x: [B, S, D]; context: [B, image_tokens + 512, D] (image tokens first) -> [B, S, D]."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2).to(compute_dtype)
+        q = self._norm(self.norm_q, self.q(x), compute_dtype).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         image, text = context[:, :self.image_tokens], context[:, self.image_tokens:]
-        out = self._attend(q, self.norm_k(self.k(text)), self.v(text), compute_dtype)
+        out = self._attend(q, self._norm(self.norm_k, self.k(text), compute_dtype), self.v(text), compute_dtype)
         if self.image_tokens:
-            out = out + self._attend(q, self.norm_k_img(self.k_img(image)), self.v_img(image), compute_dtype)
+            out = out + self._attend(q, self._norm(self.norm_k_img, self.k_img(image), compute_dtype),
+                                     self.v_img(image), compute_dtype)
         return self.o(out)
+
+    def _norm(self, norm: WanRMSNorm, x: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+        return self.ops.qk_norm(x, norm.weight, norm.eps, compute_dtype)
 
 
 class WanBlock(nn.Module):
@@ -212,16 +181,25 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time: TimeConditioning, context: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], compute_dtype: torch.dtype) -> torch.Tensor:
-        """x: [B, S, D] fp32 residual stream -> same."""
-        mod = self.modulation[0] + time.e0
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-            time.to_tokens(mod[:, i]) for i in range(6))
+        """x: [B, S, D] fp32 residual stream, updated in place and returned."""
+        mod = time.to_tokens(self.modulation[0] + time.e0)  # [B, S or 1, 6, D]; the six chunks are views
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)
         attn_in = self.block_ops.norm_modulate(x, shift_sa, scale_sa, self.eps, name="self_attn.q")
-        x = x + self.self_attn(attn_in, rope, compute_dtype) * gate_sa
-        cross_in = self.block_ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps, name="cross_attn.q")
-        x = x + self.cross_attn(cross_in, context, compute_dtype)
-        ffn_in = self.block_ops.norm_modulate(x, shift_ff, scale_ff, self.eps, name="ffn.0")
-        return x + self.ffn(ffn_in) * gate_ff
+        self.block_ops.gated_residual_(x, self.self_attn(attn_in, rope, compute_dtype), gate_sa)
+        cross_in = self.block_ops.layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps,
+                                             name="cross_attn.q")
+        self.block_ops.gated_residual_(x, self.cross_attn(cross_in, context, compute_dtype), None)
+        for tokens in self.block_ops.token_chunks(x.shape[1]):
+            part = x[:, tokens]
+            shift, scale, gate = (_token_slice(m, tokens) for m in (shift_ff, scale_ff, gate_ff))
+            ffn_in = self.block_ops.norm_modulate(part, shift, scale, self.eps, name="ffn.0")
+            self.block_ops.gated_residual_(part, self.ffn(ffn_in), gate)
+        return x
+
+
+def _token_slice(modulation: torch.Tensor, tokens: slice) -> torch.Tensor:
+    """The rows of a [B, S or 1, D] modulation chunk for the token slice (all of a per-sample one)."""
+    return modulation if modulation.shape[1] == 1 else modulation[:, tokens]
 
 
 class WanHead(nn.Module):
@@ -328,7 +306,7 @@ class WanDiT(nn.Module):
         if t.dim() == 2 and t.shape[1] == tokens and bool((t == t[:, :1]).all()):
             t = t[:, 0]  # uniform per-token timesteps are the scalar form
         if t.dim() == 1 and t.shape[0] == batch:
-            rows, index = t, torch.arange(batch, device=t.device)[:, None]
+            rows, index = t, None
         elif t.dim() == 2 and t.shape == (batch, tokens):
             rows, index = torch.unique(t, return_inverse=True)
         else:
@@ -387,7 +365,9 @@ class WanDiT(nn.Module):
             x = torch.cat([x, y.to(x.dtype)], dim=1)
         tokens = self.patch_embedding(x)
         grid = tuple(tokens.shape[2:])
-        tokens = tokens.flatten(2).transpose(1, 2).float()
+        # the residual stream, one contiguous fp32 copy that the blocks update in place
+        tokens = torch.empty(batch, tokens[0, 0].numel(), cfg.dim, device=tokens.device).copy_(
+            tokens.flatten(2).transpose(1, 2))
         time = self._embed_time(t.to(tokens.device), batch, tokens.shape[1])
         context = self._embed_context(context.to(tokens.device), clip_fea, batch)
         rope = self._rope(grid, tokens.device)

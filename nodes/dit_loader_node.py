@@ -101,9 +101,11 @@ class WanExpressDiTLoader:
                 "file": file_input(),
                 **_lora_inputs("lora"),
                 **_lora_inputs("lora_2"),
-                "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "PyTorch attention kernel: "
-                              "auto lets PyTorch choose (flash / cuDNN on recent GPUs); the others ask for one, "
-                              "falling back to math where it cannot run."}),
+                "attention": (list(ATTENTION_BACKENDS), {"default": "auto", "tooltip": "Attention kernel: "
+                              "auto runs self-attention with the pack's 8-bit kernel on GPUs with FP8 (RTX 40xx, "
+                              "H100 and newer) and lets PyTorch choose elsewhere; sage8 / sage8_bf16pv use the 8-bit "
+                              "kernel everywhere (FP8 or bf16 P·V); flash, efficient, cudnn and math ask PyTorch "
+                              "for one, falling back to math where it cannot run."}),
                 "compile": (list(COMPILE_MODES), {"default": "off", "tooltip": "torch.compile: block compiles "
                             "each transformer block (one graph shared by all), full the whole forward (one graph, "
                             "recompiles per resolution). The first run of a new resolution takes longer."}),
