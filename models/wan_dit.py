@@ -293,6 +293,8 @@ class WanDiT(nn.Module):
         return self.patch_embedding.weight.dtype
 
     def _rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # in the graph: a cache would be guarded, one more compile per resolution
+            return rope_tables(grid, self.config.head_dim, device)
         key = (grid, device)
         if key not in self._rope_cache:
             self._rope_cache = {key: rope_tables(grid, self.config.head_dim, device)}

@@ -100,6 +100,20 @@ def test_compiled_output_matches_eager_with_one_graph_for_every_block(codes, mod
     assert set(model.state_dict()) == set(quantized_model(codes).state_dict())
 
 
+def test_the_whole_forward_compiles_once_per_resolution_even_without_a_warm_up():
+    model = float_model()
+    counter = CompileCounterWithBackend("eager")
+    compile_dit(model, "full", backend=counter, dynamic=False)
+    generator = torch.Generator().manual_seed(0)
+    frames = []
+    with torch.no_grad():
+        for height in (4, 4, 6, 6):
+            model(torch.randn(1, CONFIG.out_dim, 2, height, 6, generator=generator), torch.tensor([600.0]),
+                  torch.randn(1, 7, CONFIG.text_dim, generator=generator))
+            frames.append(counter.frame_count)
+    assert frames == [1, 1, 2, 2]  # (the RoPE tables are computed in the graph, not read from a guarded cache)
+
+
 def test_compile_off_leaves_the_model_eager_and_unknown_modes_are_refused():
     model = quantized_model("int8")
     assert compile_dit(model, "off") is model
