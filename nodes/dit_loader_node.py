@@ -20,6 +20,7 @@ NO_LORA = "(none)"
 LORA_EXPERTS = ("auto", *EXPERTS, BOTH)
 _EXPERT_CHOICE = {"auto": None, **{expert: expert for expert in (*EXPERTS, BOTH)}}
 LORA_SLOTS = ("lora", "lora_2")
+NO_VACE_MODULE = "(none)"
 # The `file` choice for a folder that holds one model; "" is what workflows saved before `file` was a list.
 ONLY_MODEL = "(the only model)"
 _NO_FILE = (ONLY_MODEL, "")
@@ -70,6 +71,15 @@ def _lora_inputs(slot: str) -> dict:
     }
 
 
+def vace_module_input() -> tuple:
+    """The optional ``vace_module`` input: a VACE module file of models/diffusion_models/ to attach."""
+    return ([NO_VACE_MODULE] + host.list_files("diffusion_models"),
+            {"default": NO_VACE_MODULE, "tooltip": "Wan2.1 VACE as a module file (only the vace_* tensors, e.g. "
+             "Wan2_1-VACE_module_1_3B_bf16.safetensors) from models/diffusion_models/: attached to the Wan2.1 T2V "
+             "model above (same size, 1.3B or 14B), which then takes VACE conditioning. (none) for everything "
+             "else, and for a full VACE model."})
+
+
 class WanExpressDiTLoader:
     """Loads a Wan2.1 / Wan2.2 DiT (folder, single file or LightX2V config) as core MODELs running Wan Express code."""
 
@@ -109,6 +119,7 @@ class WanExpressDiTLoader:
                 "compile": (list(COMPILE_MODES), {"default": "off", "tooltip": "torch.compile: block compiles "
                             "each transformer block (one graph shared by all), full the whole forward (one graph, "
                             "recompiles per resolution). The first run of a new resolution takes longer."}),
+                "vace_module": vace_module_input(),
             },
         }
 
@@ -119,21 +130,29 @@ class WanExpressDiTLoader:
 
     @classmethod
     def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-                   compile: str = "off", **loras):
+                   compile: str = "off", vace_module: str = NO_VACE_MODULE, **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
-        the LoRAs it names, the chosen LoRAs), or an option does."""
-        return repr((_plan(model, quantization, file, loras).stamp(), dtype, attention, compile))
+        the LoRAs it names, the chosen LoRAs, the VACE module), or an option does."""
+        module = _vace_module(vace_module)
+        module_stamp = None if module is None else (str(module), module.stat().st_mtime_ns, module.stat().st_size)
+        return repr((_plan(model, quantization, file, loras).stamp(), module_stamp, dtype, attention, compile))
 
     def load(self, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-             compile: str = "off", **loras):
+             compile: str = "off", vace_module: str = NO_VACE_MODULE, **loras):
         plan = _plan(model, quantization, file, loras)
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
         built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
                              ops_factory=lambda layers: NativeOps(layers, attention=attention),
-                             model_class=NativeWanDiT, interrupt=host.interrupt_check())
+                             model_class=NativeWanDiT, interrupt=host.interrupt_check(),
+                             vace_module=_vace_module(vace_module))
         experts = built if plan.is_pair else (built,)
         models = [core_model(compile_dit(expert, compile)) for expert in experts]
         return (models[0], models[1] if plan.is_pair else None)
+
+
+def _vace_module(choice: str):
+    """The ``vace_module`` widget as the library's ``vace_module`` path (None: (none))."""
+    return None if choice in (NO_VACE_MODULE, "") else host.resolve_file("diffusion_models", choice)
 
 
 def _plan(model: str, quantization: str, file: str, loras: dict) -> DitPlan:

@@ -1,11 +1,18 @@
 """The VACE conditioning node and the sampler node, outside ComfyUI: our node's conditioning (core's ``vace_*`` keys)
-through the Wan Express sampler equals the library run; core's keys without our node are read the same way."""
+through the Wan Express sampler equals the library run; core's keys without our node are read the same way. The DiT
+loader's ``vace_module`` widget: (none) by default; its load (a module file on a T2V base, built as the node builds
+it) takes core's ``diffusion_model`` call with core's ``vace_context`` / ``vace_strength`` and equals the library's
+VACE model; a Wan2.2 pair with a module is refused in words (the file choice itself is tested in a real ComfyUI,
+tests/test_comfyui_vace.py)."""
 
 import pytest
 import torch
 
-from wan_express.errors import InvalidInputError
-from wan_express.loaders import load_dit, load_vae
+from wan_express.errors import InvalidInputError, ModelFormatError
+from wan_express.loaders import load_dit, load_planned, load_vae, plan_dit
+from wan_express.models import WanVaceDiT
+from wan_express.nodes.dit_loader_node import NO_VACE_MODULE, WanExpressDiTLoader
+from wan_express.nodes.native import NativeOps, NativeWanDiT
 from wan_express.models.latent_spaces import to_normalized
 from wan_express.nodes.sampler_node import WanExpressSampler
 from wan_express.nodes.vace_node import WanExpressVaceConditioning
@@ -13,7 +20,10 @@ from wan_express.sampling import DistillSchedule, sample
 from wan_express.sampling.vace import vace_conditioning, vace_to_video
 from wan_express.synthetic import TINY_CONFIG, write_official_folder, write_vae
 
+from .loader_files import save, tiny_weights
+from .test_vace_loading import split
 from .test_vace_model import TINY_VACE
+from .test_vace_model import inputs as model_inputs
 
 WIDTH, HEIGHT, LENGTH = 32, 32, 5
 SAMPLER = dict(width=WIDTH, height=HEIGHT, length=LENGTH, seed=3, schedule="distill",
@@ -79,3 +89,39 @@ def test_chained_vace_conditionings_are_refused(parts):
     positive, _, _ = node.condition(positive, negative, parts["vae"], WIDTH, HEIGHT, LENGTH, 1.0)
     with pytest.raises(InvalidInputError, match="2 chained VACE"):
         WanExpressSampler().generate(parts["dit"], positive, **SAMPLER)
+
+
+def test_the_loader_offers_no_vace_module_by_default():
+    choices, options = WanExpressDiTLoader.INPUT_TYPES()["optional"]["vace_module"]
+    assert choices[0] == NO_VACE_MODULE == options["default"] == "(none)"
+
+
+def test_a_vace_module_loaded_as_the_node_does_takes_cores_vace_call(tmp_path):
+    weights = tiny_weights(TINY_VACE, seed=4)
+    base, module = split(weights)
+    base_path = save(base, tmp_path / "wan2.1_t2v_tiny.safetensors")
+    module_path = save({f"diffusion_model.{k}": v for k, v in module.items()}, tmp_path / "vace_module.safetensors")
+    model = load_planned(plan_dit(base_path), dtype=torch.float32, ops_factory=lambda layers: NativeOps(layers),
+                         model_class=NativeWanDiT, vace_module=module_path)
+    assert isinstance(model, NativeWanDiT) and model.config.vace_layers == TINY_VACE.vace_layers
+    reference = WanVaceDiT.from_state_dict({k: v.float() for k, v in weights.items()})
+    x, vace, context = model_inputs(TINY_VACE)
+    t = torch.tensor([900.0, 400.0])
+    padded = torch.nn.functional.pad(context, (0, 0, 0, 512 - context.shape[1]))
+    with torch.no_grad():  # core's WAN21_Vace call: the contexts stacked [B, 1, 96, F, H, W], one strength each
+        got = model(x, t, context=padded, transformer_options={}, vace_context=vace[:, None], vace_strength=[0.7])
+        off = model(x, t, context=padded, transformer_options={}, vace_context=vace[:, None], vace_strength=[0.0])
+        expected = reference(x, t, context, vace, 0.7)
+        plain = reference(x, t, context)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+    assert ((off - plain).abs().max() / plain.abs().max()).item() <= 1e-4
+    assert (got - off).abs().max() > 1e-3 * off.abs().max()
+
+
+def test_a_vace_module_on_a_wan22_pair_is_refused_in_words(tmp_path):
+    for expert, seed in (("high_noise_model", 1), ("low_noise_model", 2)):
+        write_official_folder(tmp_path / "Wan2.2-T2V-A14B" / expert, TINY_CONFIG, seed=seed)
+    _, module = split(tiny_weights(TINY_VACE, seed=4))
+    module_path = save(module, tmp_path / "vace_module.safetensors")
+    with pytest.raises(ModelFormatError, match="VACE module attaches to a Wan2.1 T2V model, not to a Wan2.2 pair"):
+        load_planned(plan_dit(tmp_path / "Wan2.2-T2V-A14B"), model_class=NativeWanDiT, vace_module=module_path)
