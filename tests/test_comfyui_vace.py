@@ -1,6 +1,7 @@
 """Wan2.1 VACE in core ComfyUI graphs: the pack's DiT loader attaches a VACE module file (its ``vace_module`` input)
 to a Wan2.1 T2V file, core's WanVaceToVideo builds the conditioning, core's KSampler samples our model and core's
-VAEDecode decodes it; our VACE conditioning node feeds core's KSampler too.
+VAEDecode decodes it; our VACE conditioning node feeds core's KSampler too; a module the model cannot take (a Wan2.2
+pair, another width) is refused with a sentence naming the files as models/... paths.
 
 Runs only when COMFYUI_DIR points at a ComfyUI checkout (see tests/comfyui_server.py); one server for the module.
 The DiT is a tiny VACE model split as such files are shipped: the T2V base in one file of models/diffusion_models/,
@@ -18,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wan_express.models import WanConfig
 from wan_express.synthetic import write_model_folder
 
 from .comfyui_server import requires_comfyui, running_comfyui
@@ -33,6 +35,7 @@ pytestmark = requires_comfyui
 
 BASE_FILE = "wan2.1_t2v_vace_base_tiny.safetensors"
 MODULE_FILE = "Wan2_1-VACE_module_tiny.safetensors"
+WIDER_MODULE_FILE = "Wan2_1-VACE_module_wider.safetensors"  # width 128: not for the width-256 base
 CONTROL_IMAGE = "control.png"
 
 
@@ -45,6 +48,9 @@ def comfyui(tmp_path_factory):
     save({key: tensor.to(torch.bfloat16) for key, tensor in dit.items()}, models / "diffusion_models" / BASE_FILE)
     save({f"diffusion_model.{key}": tensor.to(torch.bfloat16) for key, tensor in module.items()},
          models / "diffusion_models" / MODULE_FILE)
+    wider = WanConfig("t2v", 16, 16, dim=128, ffn_dim=256, num_heads=1, num_layers=4, text_dim=TINY_VACE.text_dim,
+                      vace_layers=TINY_VACE.vace_layers, vace_in_dim=TINY_VACE.vace_in_dim)
+    save(split(tiny_weights(wider, seed=7))[1], models / "diffusion_models" / WIDER_MODULE_FILE)
     write_model_folder(models / "wan_express" / T2V_FOLDER.rstrip("/"))  # umT5 (text dim 64, as TINY_VACE) + VAE
     write_pair_folder(models / "wan_express" / PAIR_FOLDER.rstrip("/"))
     write_core_vae(models / "vae" / CORE_VAE)
@@ -106,6 +112,9 @@ def latent_of(base, outputs, graph: Graph, prefix: str) -> torch.Tensor:
 
 def test_core_vace_graph_samples_our_vace_model_and_the_control_reaches_it(comfyui):
     server, base = comfyui
+    choices, options = server.get("/object_info/WanExpressDiTLoader")["WanExpressDiTLoader"]["input"]["optional"][
+        "vace_module"]
+    assert choices[0] == options["default"] == "(none)" and MODULE_FILE in choices
     full = core_vace_graph(1.0, "vace_on", with_pack_sampler=True)
     outputs, log = run(server, full)
     assert f"VACE ({len(TINY_VACE.vace_layers)} hint blocks)" in log, log[-3000:]
@@ -150,17 +159,25 @@ def test_our_vace_conditioning_node_feeds_cores_ksampler(comfyui):
     assert list(latent.shape) == LATENT_SHAPE and torch.isfinite(latent).all()
 
 
-def test_a_vace_module_on_a_wan22_pair_is_refused_in_words(comfyui):
-    server, base = comfyui
+def loader_error(server, model: str, vace_module: str) -> dict:
     graph = Graph()
-    model = dit_loader(graph, PAIR_FOLDER, MODULE_FILE)
-    sampled = pack_sampler(graph, model, *text_conditioning(graph))
-    graph.add("SaveLatent", samples=graph.out(sampled), filename_prefix="vace_pair/error")
+    sampled = pack_sampler(graph, dit_loader(graph, model, vace_module), *text_conditioning(graph))
+    graph.add("SaveLatent", samples=graph.out(sampled), filename_prefix="vace_refused/error")
     history = server.run_prompt(graph.nodes)
     assert history["status"]["status_str"] == "error"
     error = next(message[1] for message in history["status"]["messages"] if message[0] == "execution_error")
     assert error["exception_type"].endswith("ModelFormatError"), error
-    message = error["exception_message"]
-    assert message.startswith(f"models/wan_express/{PAIR_FOLDER.rstrip('/')}: a VACE module attaches to a Wan2.1 "
-                              "T2V model, not to a Wan2.2 pair"), error
-    assert str(base) not in message, error
+    return error
+
+
+@pytest.mark.parametrize("model, vace_module, sentence", [
+    (PAIR_FOLDER, MODULE_FILE, f"models/wan_express/{PAIR_FOLDER.rstrip('/')}: a VACE module attaches to a Wan2.1 "
+                               "T2V model, not to a Wan2.2 pair"),
+    (BASE_FILE, WIDER_MODULE_FILE, f"models/diffusion_models/{WIDER_MODULE_FILE}: this VACE module is for a model of "
+                                   f"width 128, but the base model models/diffusion_models/{BASE_FILE} has width 256"),
+])
+def test_a_vace_module_the_model_cannot_take_is_refused_in_words(comfyui, model, vace_module, sentence):
+    server, base = comfyui
+    error = loader_error(server, model, vace_module)
+    assert error["exception_message"].startswith(sentence), error
+    assert str(base) not in error["exception_message"], error
