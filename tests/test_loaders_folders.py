@@ -134,7 +134,7 @@ def test_lightx2v_config_selects_files_quantization_and_sampling(weights, tmp_pa
     assert config.unknown_keys == ["infer_steps", "self_attn_1_type"]
     assert config.loras[0].expert == "high" and config.loras[0].strength == 0.5
     assert open_dit(config_path).path.name == "wan_scaled_fp8_e4m3_lightx2v.safetensors"
-    with pytest.raises(MissingComponentError, match=r"loras/x\.safetensors: LoRA file not found"):
+    with pytest.raises(MissingComponentError, match=r"x\.safetensors: LoRA file not found"):
         load_dit(config_path)
     out_features, in_features = weights["blocks.0.self_attn.q.weight"].shape
     save({"blocks.0.self_attn.q.lora_up.weight": torch.ones(out_features, 2),

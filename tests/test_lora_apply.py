@@ -301,16 +301,16 @@ def lora_config_specs(folder, entries) -> list[LoraSpec]:
 
 def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(caplog, tmp_path):
     specs = lora_config_specs(tmp_path, [
-        {"path": "/loras/distill_a.safetensors", "strength": 1.0, "name": "high_noise_model"},
-        {"path": "/loras/distill_b.safetensors", "name": "low_noise_model", "alpha": 8},
-        {"path": "/loras/wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
-        {"path": "/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", "strength": 0.8},
-        {"path": "/loras/wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "strength": 3.0},
-        {"path": "/loras/Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors"},
-        {"path": "/loras/wan22_lightning-LOW.safetensors"},
-        {"path": "/loras/highres_fix_lowrank_lora.safetensors"},
-        {"path": "/loras/Wan22-HighNoise-style.safetensors"},
-        {"path": "/loras/high_noise_and_low_noise_mix.safetensors"},
+        {"path": "loras/distill_a.safetensors", "strength": 1.0, "name": "high_noise_model"},
+        {"path": "loras/distill_b.safetensors", "name": "low_noise_model", "alpha": 8},
+        {"path": "loras/wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors"},
+        {"path": "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", "strength": 0.8},
+        {"path": "loras/wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors", "strength": 3.0},
+        {"path": "loras/Wan2.2-T2V-A14B-4steps-lora_HIGH_fp16.safetensors"},
+        {"path": "loras/wan22_lightning-LOW.safetensors"},
+        {"path": "loras/highres_fix_lowrank_lora.safetensors"},
+        {"path": "loras/Wan22-HighNoise-style.safetensors"},
+        {"path": "loras/high_noise_and_low_noise_mix.safetensors"},
     ])
     assert specs[1].alpha == 8.0 and specs[1].expert == "low" and specs[0].strength == 1.0
     caplog.set_level(logging.INFO, logger="wan_express.loaders.lora.spec")
@@ -333,7 +333,7 @@ def test_wan22_experts_get_their_own_lora_lists_with_one_routing_line_per_lora(c
             "(file name token 'low_noise')") in lines
     assert "LoRA highres_fix_lowrank_lora.safetensors -> both experts (no high/low token in the file name)" in lines
     assert "LoRA high_noise_and_low_noise_mix.safetensors -> both experts (the file name names both experts)" in lines
-    with pytest.raises(ModelFormatError, match="name 'transformer' must be one of high_noise_model"):
+    with pytest.raises(ModelFormatError, match=r"lora_configs\[0\]\.name must be one of high_noise_model"):
         lora_config_specs(tmp_path, [{"path": "x.safetensors", "name": "transformer"}])
 
 

@@ -39,6 +39,8 @@ def import_official(name: str) -> types.ModuleType:
         animate = types.ModuleType("_wan_official_modules.animate")
         animate.__path__ = [str(Path(sys.modules["_wan_official_modules"].__path__[0]) / "animate")]
         sys.modules[animate.__name__] = animate
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers  # noqa: F401  (it probes for torchvision once, at import: before any stand-in exists)
     stand_ins = {}
     for module_name in ("ftfy", "transformers", "torchvision", "torchvision.transforms"):
         if module_name not in sys.modules and importlib.util.find_spec(module_name.split(".")[0]) is None:
@@ -330,7 +332,7 @@ def test_wrong_tensors_are_a_format_error(official_folder, tmp_path):
     del state["blocks.1.ffn.fc2.weight"]
     path = tmp_path / TEXT_ENCODER_FILE
     torch.save(state, path)
-    with pytest.raises(ModelFormatError, match="missing: blocks.1.ffn.fc2.weight"):
+    with pytest.raises(ModelFormatError, match="blocks.1.ffn.fc2.weight is missing"):
         load_text_encoder(path, tokenizer=folder / TOKENIZER_DIR)
 
 
