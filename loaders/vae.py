@@ -17,6 +17,7 @@ import torch
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.latent_spaces import latent_space_of_vae
 from ..models.checkpoint_checks import check_dtypes
+from ..models.skeleton import skeleton
 from ..models.vae2_1 import VaeConfig, WanVAE
 from ..models.weights import assign_weights, tensor_shapes
 from .files import TensorView, open_tensors
@@ -75,7 +76,7 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
               ) -> WanVAE:
     """A Wan VAE from official-named tensors, every key and shape checked, weights cast to ``dtype``."""
     config = detect_vae_config(tensor_shapes(tensors), source)
-    with torch.device("meta"):
+    with skeleton():
         model = latent_space_of_vae(config.version).vae_class(config, latent_format=latent_format)
     check_dtypes(model, tensors, source, f"the Wan{config.version} VAE")
     return assign_weights(model, tensors, dtype=dtype, device=device, source=source,
