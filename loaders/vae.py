@@ -8,6 +8,7 @@ test models load.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -17,8 +18,9 @@ import torch
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..models.latent_spaces import latent_space_of_vae
 from ..models.checkpoint_checks import check_dtypes
+from ..models.skeleton import skeleton
 from ..models.vae2_1 import VaeConfig, WanVAE
-from ..models.weights import assign_weights, tensor_shapes
+from ..models.weights import assign_weights, check_shapes, tensor_shapes
 from .files import TensorView, open_tensors
 from .files.boundary import boundary, shown
 
@@ -74,12 +76,22 @@ def build_vae(tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype = torch
               device: torch.device | str = "cpu", latent_format: str = "normalized", source: str = "state dict"
               ) -> WanVAE:
     """A Wan VAE from official-named tensors, every key and shape checked, weights cast to ``dtype``."""
-    config = detect_vae_config(tensor_shapes(tensors), source)
-    with torch.device("meta"):
+    shapes = tensor_shapes(tensors)
+    config = detect_vae_config(shapes, source)
+    what = f"the Wan{config.version} VAE (dim {config.dim}, decoder {config.dec_dim})"
+    check_shapes(network_shapes(config), shapes, what=what, source=source)  # before building anything
+    with skeleton():
         model = latent_space_of_vae(config.version).vae_class(config, latent_format=latent_format)
     check_dtypes(model, tensors, source, f"the Wan{config.version} VAE")
-    return assign_weights(model, tensors, dtype=dtype, device=device, source=source,
-                          what=f"the Wan{config.version} VAE (dim {config.dim}, decoder {config.dec_dim})")
+    return assign_weights(model, tensors, dtype=dtype, device=device, source=source, shapes=shapes, what=what)
+
+
+@functools.lru_cache(maxsize=8)
+def network_shapes(config: VaeConfig) -> dict[str, tuple[int, ...]]:
+    """key -> shape of every tensor the VAE of ``config`` holds (built once per config as a skeleton)."""
+    with skeleton():
+        model = latent_space_of_vae(config.version).vae_class(config)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
 
 
 @boundary("Wan VAE")

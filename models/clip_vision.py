@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import InvalidInputError, ModelFormatError
 from ..kernels.ops import TorchOps
 from .checkpoint_checks import check_dtypes, count_blocks
+from .skeleton import skeleton
 from .weights import assign_weights, tensor_shapes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -143,7 +144,7 @@ class ClipVisionEncoder(nn.Module):
         ``head`` may be present and are not loaded. dtype: weights/activations (official: fp16); norms fp32."""
         shapes = tensor_shapes(state_dict)
         config = ClipVisionConfig.infer(shapes, source)
-        with torch.device("meta"):
+        with skeleton():
             model = cls(config, ops=ops)
         check_dtypes(model, state_dict, source, "the CLIP vision tower")
         unused = re.compile(rf"^(transformer\.{config.num_layers - 1}\.|post_norm\.|head$)")

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ModelFormatError
 from ..kernels.ops import TorchOps
 from .checkpoint_checks import check_dtypes, count_blocks
+from .skeleton import skeleton
 from .weights import assign_weights, tensor_shapes
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d{1,9})\.")
@@ -194,7 +195,7 @@ class UMT5Encoder(nn.Module):
         dtype: weight and activation dtype (official: bf16); quantization scales stay fp32.
         """
         shapes = tensor_shapes(state_dict)
-        with torch.device("meta"):
+        with skeleton():
             model = cls(T5Config.infer(shapes, source), ops=ops)
         check_dtypes(model, state_dict, source, "the umT5 encoder")
         return assign_weights(model, state_dict, dtype=dtype, device=device, shapes=shapes, what="a umT5 encoder",

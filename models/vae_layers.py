@@ -76,7 +76,8 @@ class RMSNorm(nn.Module):
     def __init__(self, channels: int, *, images: bool):
         super().__init__()
         self.scale = channels ** 0.5
-        self.gamma = nn.Parameter(torch.ones(channels, *((1, 1) if images else (1, 1, 1))))
+        self.gamma = nn.Parameter(torch.empty(channels, *((1, 1) if images else (1, 1, 1))))
+        nn.init.ones_(self.gamma)  # an init call, which `skeleton` skips on the meta device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1).mul_(self.gamma * self.scale)

@@ -29,6 +29,21 @@ def _listed(label: str, keys: list[str]) -> str:
     return f"{label}: " + ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
 
 
+def check_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]], *, what: str,
+                 source: str, ignore: re.Pattern | None = None) -> None:
+    """Raise one `ModelFormatError` listing every missing, unexpected and wrongly shaped key of ``shapes`` (the
+    file's) against ``expected`` (the network's key -> shape); ``what``, ``source`` and ``ignore`` as in
+    `assign_weights`. Callers that know the network's shapes without building it check before the build."""
+    missing = [key for key in expected if key not in shapes]
+    unexpected = [key for key in shapes if key not in expected and not (ignore and ignore.search(key))]
+    wrong_shape = [f"{key}: file {tuple(shapes[key])}, model {tuple(shape)}" for key, shape in expected.items()
+                   if key in shapes and tuple(shapes[key]) != tuple(shape)]
+    problems = [_listed(label, keys) for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
+    if problems:
+        raise ModelFormatError(f"{source} does not match {what}: " + "; ".join(problems))
+
+
 def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, dtype: torch.dtype,
                    device: torch.device | str, what: str, source: str,
                    shapes: Mapping[str, tuple[int, ...]] | None = None, keep_fp32: re.Pattern | None = None,
@@ -48,14 +63,8 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, 
     """
     shapes = tensor_shapes(state_dict) if shapes is None else shapes
     expected = model.state_dict(keep_vars=True)
-    missing = [key for key in expected if key not in shapes]
-    unexpected = [key for key in shapes if key not in expected and not (ignore and ignore.search(key))]
-    wrong_shape = [f"{key}: file {tuple(shapes[key])}, model {tuple(param.shape)}" for key, param in expected.items()
-                   if key in shapes and tuple(shapes[key]) != tuple(param.shape)]
-    problems = [_listed(label, keys) for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
-    if problems:
-        raise ModelFormatError(f"{source} does not match {what}: " + "; ".join(problems))
+    check_shapes({key: tuple(param.shape) for key, param in expected.items()}, shapes, what=what, source=source,
+                 ignore=ignore)
     fp32_keys = {f"{prefix}.{param}" for prefix, module in model.named_modules()
                  for param in getattr(module, "KEEP_IN_FP32_PARAMS", ())}
     converted = {}

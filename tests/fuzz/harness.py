@@ -1,7 +1,8 @@
 """Run a loader on generated hostile inputs, each case in a worker process under a time and memory cap with its file
 accesses audited; report how each case ended.
 
-Entry point: `run_target(name, make_case, load, cases, seed)` -> `FuzzReport`. ``make_case(rng, folder)`` writes one
+Entry point: `run_target(name, make_case, load, cases, seed, pool=)` -> `FuzzReport`; a `WorkerPool` shared by
+many targets pays the worker start-up once. ``make_case(rng, folder)`` writes one
 case's files into its own empty ``folder`` and returns the arguments of ``load``; both are module-level functions
 (workers import them by name). A case passes when ``load`` returns or raises a `WanExpressError` that names a file
 of the case; it fails on any other exception, on a time-out, on running out of its memory cap, and on opening or
@@ -38,7 +39,7 @@ Load = Callable[..., Any]
 OK, OUR_ERROR, FAILURE = "ok", "our_error", "failure"
 TIMEOUT_S = 10.0
 MEMORY_GIB = 1.0  # on top of what the worker holds after importing torch and the loaders
-CHUNK = 25  # cases per task sent to a worker
+CHUNK = 10  # cases per task sent to a worker: small, so no worker idles long at the end of a target
 # Audited events that read the disk by path.
 AUDITED = ("open", "os.listdir", "os.scandir")
 # Reads outside a case that are not the case's business: the interpreter's and torch's own lazy imports and
@@ -179,15 +180,51 @@ def reproduce_command(make_case: MakeCase, load: Load, seed: int, index: int) ->
             f"--seed {seed} --case {index}")
 
 
+class WorkerPool:
+    """Worker processes shared by every target of a run: one forkserver preloading torch, the loaders and
+    ``modules`` (the target modules), and ``workers`` processes (default: the CPUs, at most 4) each capped and
+    audited once by `_init_worker`. A pool broken by a crashed worker is started again for the next target."""
+
+    def __init__(self, modules: tuple[str, ...] = (), workers: int | None = None, memory_gib: float = MEMORY_GIB):
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.memory_gib = memory_gib
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["torch", "wan_express.loaders.dit.loader", *modules])
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=self.context, initializer=_init_worker, initargs=(self.memory_gib,))
+        return self._executor
+
+    def discard(self) -> None:
+        """Drop a broken executor; the next `executor` call starts fresh workers."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_target(name: str, make_case: MakeCase, load: Load, cases: int = 1000, seed: int = 0, *,
-               workers: int | None = None, timeout_s: float = TIMEOUT_S, memory_gib: float = MEMORY_GIB,
-               first: int = 0) -> FuzzReport:
-    """Run cases ``first .. first + cases - 1`` of a target in worker processes (forkserver, ``workers`` default:
-    the CPUs, at most 4) and count how they ended."""
+               pool: WorkerPool | None = None, workers: int | None = None, timeout_s: float = TIMEOUT_S,
+               memory_gib: float = MEMORY_GIB, first: int = 0) -> FuzzReport:
+    """Run cases ``first .. first + cases - 1`` of a target in the worker processes of ``pool`` (default: a pool
+    of its own with ``workers`` and ``memory_gib``) and count how they ended."""
+    if pool is None:
+        with WorkerPool((make_case.__module__,), workers, memory_gib) as own:
+            return run_target(name, make_case, load, cases, seed, pool=own, timeout_s=timeout_s, first=first)
     started = time.perf_counter()
-    workers = workers or min(4, os.cpu_count() or 1)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "wan_express.loaders.dit.loader", make_case.__module__])
     counts: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
     failures: list[Failure] = []
@@ -200,18 +237,21 @@ def run_target(name: str, make_case: MakeCase, load: Load, cases: int = 1000, se
 
     indices = list(range(first, first + cases))
     chunks = [indices[i:i + CHUNK] for i in range(0, len(indices), CHUNK)]
+    broken = False
     with tempfile.TemporaryDirectory(prefix=f"fuzz_{name}_") as root:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=(memory_gib,)) as pool:
-            futures = {pool.submit(_run_chunk, make_case, load, seed, chunk, root, timeout_s): chunk
-                       for chunk in chunks}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    for result in future.result():
-                        record(*result)
-                except BrokenProcessPool:
-                    for index in futures[future]:
-                        record(index, FAILURE, "worker died", "a worker process crashed in this chunk")
+        executor = pool.executor()
+        futures = {executor.submit(_run_chunk, make_case, load, seed, chunk, root, timeout_s): chunk
+                   for chunk in chunks}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                for result in future.result():
+                    record(*result)
+            except BrokenProcessPool:
+                broken = True
+                for index in futures[future]:
+                    record(index, FAILURE, "worker died", "a worker process crashed in this chunk")
+    if broken:
+        pool.discard()
     failures.sort(key=lambda failure: failure.index)
     return FuzzReport(name, seed, cases, counts, kinds, failures, time.perf_counter() - started)
 

@@ -71,6 +71,19 @@ def vae_tensors() -> dict[str, torch.Tensor]:
 
 # --- tensor-level mutations ----------------------------------------------------------------------------------------
 
+def converted(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` as ``dtype`` through finite float32 values: an earlier mutation may have left it NaN/Inf-filled,
+    FP8 or complex, and converting those directly makes the generator raise, not the loader."""
+    real = tensor.real if tensor.is_complex() else tensor
+    return real.float().nan_to_num(0.0, 1.0, -1.0).to(dtype)
+
+
+def filled(tensor: torch.Tensor, value: float) -> torch.Tensor:
+    """``tensor``'s shape filled with a non-finite ``value``: its own dtype when that is float, else float32 (an
+    earlier mutation may have made it an integer tensor, which cannot hold NaN/Inf)."""
+    return tensor.clone().fill_(value) if tensor.is_floating_point() else torch.full(tensor.shape, value)
+
+
 def mutate_tensors(rng: random.Random, tensors: dict[str, torch.Tensor], block_key: str) -> dict[str, torch.Tensor]:
     """One hostile variant of a network's tensors: keys dropped or added (huge block indices, thousands of empty
     blocks), wrong ranks, zero sizes, other dtypes, meta tensors, NaN/Inf."""
@@ -94,9 +107,9 @@ def mutate_tensors(rng: random.Random, tensors: dict[str, torch.Tensor], block_k
             tensors[key] = tensors[key].reshape(-1)
         elif kind == 5 and key in tensors:
             dtype = rng.choice(FLOAT_OR_NOT)
-            tensors[key] = tensors[key].nan_to_num().to(dtype)
+            tensors[key] = converted(tensors[key], dtype)
         elif kind == 6 and key in tensors:
-            tensors[key] = tensors[key].clone().fill_(rng.choice([float("nan"), float("inf")]))
+            tensors[key] = filled(tensors[key], rng.choice([float("nan"), float("inf")]))
         elif kind == 7 and key in tensors:
             shape = list(tensors[key].shape) or [1]
             shape[rng.randrange(len(shape))] = rng.choice([0, 1, 3, 7])
@@ -306,9 +319,9 @@ def make_lora_case(rng: random.Random, folder: Path) -> tuple:
         elif kind == 1:  # up/down that do not fit each other or the model
             tensors[key] = torch.randn(rng.choice([(8, 3), (3, 8), (16, 16), (8, 2, 2), (1, 1, 1, 1, 1, 1)]))
         elif kind == 2:
-            tensors[key] = tensors[key].clone().fill_(rng.choice([float("nan"), float("inf"), -float("inf")]))
+            tensors[key] = filled(tensors[key], rng.choice([float("nan"), float("inf"), -float("inf")]))
         elif kind == 3:
-            tensors[key] = tensors[key].nan_to_num().to(rng.choice(FLOAT_OR_NOT))
+            tensors[key] = converted(tensors[key], rng.choice(FLOAT_OR_NOT))
         elif kind == 4:  # other key styles and unknown or unsupported keys
             module = rng.choice(["blocks.0.self_attn.q", "blocks.9.ffn.0", "x.y", "blocks.10000000000000.ffn.0"])
             style = rng.choice(_LORA_STYLES)

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -163,9 +164,19 @@ def make_quantized_case(rng: random.Random, folder: Path) -> tuple:
     return (_write(folder / "wan_fp8.safetensors", tensors, rng, raw_mutation=0.1),)
 
 
+@functools.lru_cache(maxsize=None)
+def _folder_files() -> dict[str, bytes]:
+    """The files of a valid official folder of the micro DiT (shards, index, config), written once per worker."""
+    with tempfile.TemporaryDirectory() as root:
+        model = write_dit_shards(Path(root), {k: v.float() for k, v in micro_weights().items()}, MICRO_CONFIG)
+        return {path.name: path.read_bytes() for path in model.iterdir()}
+
+
 def make_folder_case(rng: random.Random, folder: Path) -> tuple:
     model = folder / "model"
-    write_dit_shards(model, {k: v.float() for k, v in micro_weights().items()}, MICRO_CONFIG)
+    model.mkdir()
+    for name, raw in _folder_files().items():
+        (model / name).write_bytes(raw)
     (folder / "outside.safetensors").write_bytes(b"outside")
     index = json.loads((model / INDEX).read_text())
     weight_map = index["weight_map"]
