@@ -189,6 +189,37 @@ with av.open(sys.argv[1]) as container:
 """
 
 
+# Run by COMFYUI_PYTHON: frames (a .npy of uint8 [N, H, W, 3]) written as an mp4 (MPEG-4 part 2, which every FFmpeg
+# build encodes).
+_WRITE_VIDEO = """
+import sys
+import av, numpy
+frames = numpy.load(sys.argv[2])
+with av.open(sys.argv[1], "w") as container:
+    stream = container.add_stream("mpeg4", rate=int(sys.argv[3]))
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    for frame in frames:
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+"""
+
+
+def write_mp4(path: Path, frames, fps: int = 16) -> Path:
+    """frames [N, H, W, 3] in [0, 1] (a torch tensor) as an mp4 for LoadVideo, encoded by PyAV in ComfyUI's Python
+    (the test venv has no PyAV)."""
+    import numpy
+    import torch
+
+    source = path.with_suffix(".frames.npy")
+    numpy.save(source, (frames * 255).to(torch.uint8).numpy())
+    result = subprocess.run([COMFYUI_PYTHON, "-c", _WRITE_VIDEO, str(path), str(source), str(fps)],
+                            capture_output=True, text=True, timeout=120)
+    source.unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"could not write {path}: {result.stderr[-3000:]}")
+    return path
+
+
 def read_video(path: Path):
     """(frames uint8 [F, H, W, 3], {"codec", "fps"}) of a video file, decoded by PyAV in ComfyUI's Python."""
     import numpy

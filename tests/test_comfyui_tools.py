@@ -143,7 +143,7 @@ def test_convert_writes_an_export_the_loader_runs_in_a_second_prompt(comfyui):
     with safe_open(str(written), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["wan_express.layout"] == "lightx2v-int8" and metadata["wan_express.source"] == T2V_FOLDER
-    assert json.loads(metadata["wan_express.loras"])[0]["file"] == LORA
+    assert json.loads(metadata["wan_express.loras"])[0]["file"] == f"models/loras/{LORA}"  # named from models/ down
     assert not [p for p in written.parent.iterdir() if p.name.endswith(".partial")]
 
     assert "tiny_merged.safetensors" in server.get("/object_info/WanExpressDiTLoader")[

@@ -28,7 +28,7 @@ from wan_express.models.clip_vision import ClipVisionConfig, ClipVisionEncoder
 from wan_express.synthetic import (TINY_CONFIG, random_weights_, write_components, write_model_folder,
                                    write_official_folder, write_text_encoder, write_tokenizer, write_vae)
 
-from .comfyui_server import new_client_id, read_video, requires_comfyui, running_comfyui, ui_to_api
+from .comfyui_server import new_client_id, read_video, requires_comfyui, running_comfyui, ui_to_api, write_mp4
 from .loader_files import tiny_weights, write_lightx2v
 from .test_lora_apply import extractor_lora, float_model
 
@@ -123,19 +123,6 @@ def write_models(models: Path) -> None:
     write_lightx2v_lora(loras / I2V_LORAS["low"], A14B_I2V, seed=33)
     for seed, name in enumerate(T2V_A14B_LORAS, start=34):
         write_lightx2v_lora(loras / name, TINY_CONFIG, seed=seed)
-
-
-def write_mp4(path: Path, frames: torch.Tensor, fps: int = 16) -> Path:
-    """frames [N, H, W, 3] in [0, 1] as an mp4 (MPEG-4 part 2, which every FFmpeg build encodes) for LoadVideo."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in (frames * 255).to(torch.uint8).numpy():
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -256,6 +256,16 @@ def run_target(name: str, make_case: MakeCase, load: Load, cases: int = 1000, se
     return FuzzReport(name, seed, cases, counts, kinds, failures, time.perf_counter() - started)
 
 
+def check_target(name: str, targets: dict, pool: "WorkerPool", cases: int = 1000, seed: int = 13) -> None:
+    """What CI asserts for one target: every one of ``cases`` cases ended in success or our error naming the file;
+    the first failures are shown with the command that replays each."""
+    make_case, load = targets[name]
+    report = run_target(name, make_case, load, cases=cases, seed=seed, pool=pool)
+    assert report.counts["ok"] + report.counts["our_error"] + report.counts["failure"] == cases
+    shown = "\n".join(f"  case {f.index}: {f.kind}: {f.detail}\n    {f.reproduce}" for f in report.failures[:10])
+    assert not report.failures, f"{report.summary()}\n{shown}"
+
+
 def _replay(spec: str, seed: int, index: int) -> int:
     """Run one case in this process and print how it ended, with the traceback of an escape."""
     module_name, make_name, load_name = spec.split(":")

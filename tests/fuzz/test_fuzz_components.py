@@ -4,11 +4,8 @@ file opens audited (`harness`); one worker pool serves every target of the modul
 
 import pytest
 
-from .harness import WorkerPool, run_target
+from .harness import WorkerPool, check_target
 from .targets_components import TARGETS
-
-CASES = 1000
-SEED = 13
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +16,4 @@ def pool():
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_fuzz_target_ends_every_case_in_success_or_our_error(name, pool):
-    make_case, load = TARGETS[name]
-    report = run_target(name, make_case, load, cases=CASES, seed=SEED, pool=pool)
-    assert report.counts["ok"] + report.counts["our_error"] + report.counts["failure"] == CASES
-    shown = "\n".join(f"  case {f.index}: {f.kind}: {f.detail}\n    {f.reproduce}" for f in report.failures[:10])
-    assert not report.failures, f"{report.summary()}\n{shown}"
+    check_target(name, TARGETS, pool)  # 1,000 cases, seed 13
