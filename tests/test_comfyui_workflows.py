@@ -238,7 +238,7 @@ def test_the_loader_merges_the_distill_loras_the_workflow_names_into_their_exper
     with_loras = saved_video(server, base, prompt, 16.0)
     log = server.log()[start:]
     for expert, name in loras.items():
-        assert f"LoRA {name}: strength 1, " in log, log[-3000:]
+        assert f"LoRA models/loras/{name}: strength 1, " in log, log[-3000:]
         if expert != "auto":
             assert f"LoRA {name} -> {expert}-noise expert (chosen)" in log, log[-3000:]
     loader.update(lora=NO_LORA, lora_2=NO_LORA)

@@ -173,7 +173,7 @@ def test_broken_quantization_scales_are_reported_at_load_naming_the_key(value, t
         load_dit(save(tensors, tmp_path / "q.safetensors"))
 
 
-@pytest.mark.parametrize("config", [{"dit_original_ckpt": "../w.safetensors"}, {"model_path": "/etc"},
+@pytest.mark.parametrize("config", [{"dit_original_ckpt": "../../w.safetensors"}, {"model_path": "/etc"},
                                     {"model_path": ".", "lora_configs": [{"path": "/etc/hostname"}]}])
 def test_paths_in_a_lightx2v_config_stay_in_its_folder(config, tmp_path):
     path = tmp_path / "cfg" / "c.json"

@@ -180,7 +180,8 @@ def test_lightx2v_config_expert_checkpoints_give_a_pair(weights, tmp_path):
     ({"dit_quantized": True, "dit_quantized_ckpt": "x"}, ModelFormatError, "dit_quant_scheme is missing"),
     ({"dit_quantized": True, "dit_quant_scheme": "nvfp4"}, UnsupportedModelError,
      "dit_quant_scheme 'nvfp4' is not supported"),
-    ({"high_noise_original_ckpt": "h.safetensors"}, ModelFormatError, "low_noise_original_ckpt is not"),
+    ({"high_noise_original_ckpt": "h.safetensors"}, MissingComponentError,
+     "high_noise_original_ckpt names a file that is not there"),
     ({"lora_configs": [{"strength": 1}]}, ModelFormatError, r"lora_configs\[0\] needs a 'path'"),
     ({"dim": 5120}, ModelFormatError, "not a LightX2V config"),
 ])

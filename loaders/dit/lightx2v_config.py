@@ -1,7 +1,8 @@
 """LightX2V config JSON -> the DiT files, quantization, LoRAs and sampling settings it selects (spec README).
 
 Entry point: `read_lightx2v_config(path)` -> `LightX2VConfig`. Paths in the file are taken relative to the config's
-folder. ``dit_quant_scheme`` names (``fp8-sgl``, ``int8-vllm``, ...) name LightX2V GEMM backends; each maps to the
+folder and stay inside the models folder that holds it (a config in ``models/wan_express/`` may name
+``../diffusion_models/…`` and ``../loras/…``, nothing above ``models/``). ``dit_quant_scheme`` names (``fp8-sgl``, ``int8-vllm``, ...) name LightX2V GEMM backends; each maps to the
 weight codes it runs, and our kernels pick their own backend for those codes. Unknown keys are listed, not fatal.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import logging
+import posixpath
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError, UnsupportedModelError
+from ...errors import MissingComponentError, ModelFormatError, UnsupportedModelError
 from ...expert_names import FOLDERS
 from ..files.boundary import boundary, shown
 from ..files.json_files import contained_path, read_json
@@ -94,7 +96,10 @@ def read_lightx2v_config(path: str | Path) -> LightX2VConfig:
             return None
         if not isinstance(value, str):
             raise ModelFormatError(f"{shown(path)}: {key} must be a path string")
-        return contained_path(base, value, path, key, folder_itself=key == "model_path")
+        found = _contained(path, value, key, folder_itself=key == "model_path")
+        if not found.exists():
+            raise MissingComponentError(f"{shown(path)}: {key} names a file that is not there ({found.name})")
+        return found
 
     quantized = data.get("dit_quantized", False)
     if not isinstance(quantized, bool):
@@ -145,6 +150,15 @@ def _loras(entries: object, base: Path, path: Path) -> list[LoraSpec]:
             raise ModelFormatError(f"{shown(path)}: lora_configs[{i}] strength/alpha must be numbers") from None
         if not all(math.isfinite(value) for value in (strength, alpha or 0.0)):
             raise ModelFormatError(f"{shown(path)}: lora_configs[{i}] strength/alpha must be finite numbers")
-        lora = contained_path(base, entry["path"], path, f"lora_configs[{i}].path")
+        lora = _contained(path, entry["path"], f"lora_configs[{i}].path")
         loras.append(LoraSpec(lora, strength, alpha, LORA_EXPERTS.get(name)))
     return loras
+
+
+def _contained(config: Path, value: object, what: str, folder_itself: bool = False) -> Path:
+    """A path named in the config, from the config's folder, kept inside the models folder holding that folder."""
+    base = config.parent
+    if not isinstance(value, str):
+        return contained_path(base, value, config, what)
+    relative = posixpath.normpath(posixpath.join(base.name, value.replace("\\", "/")))
+    return contained_path(base.parent, relative, config, what, folder_itself=folder_itself)

@@ -215,16 +215,21 @@ LIGHTX2V_KEYS = ["dit_original_ckpt", "dit_quantized_ckpt", "high_noise_original
 
 
 def make_lightx2v_case(rng: random.Random, folder: Path) -> tuple:
-    (folder / "wan_t2v.safetensors").write_bytes(safetensors_bytes(*header_and_data(micro_weights())))
-    config = {"dit_original_ckpt": "wan_t2v.safetensors"}
+    # the case folder is the models folder: the config in wan_express/, the DiT in diffusion_models/
+    (folder / "diffusion_models").mkdir()
+    (folder / "wan_express").mkdir()
+    (folder / "diffusion_models" / "wan_t2v.safetensors").write_bytes(
+        safetensors_bytes(*header_and_data(micro_weights())))
+    config = {"dit_original_ckpt": "../diffusion_models/wan_t2v.safetensors"}
     for _ in range(rng.randrange(1, 5)):
         key = rng.choice(LIGHTX2V_KEYS)
         config[key] = rng.choice([
-            rng.choice(HOSTILE_VALUES), rng.choice(ESCAPES), "wan_t2v.safetensors", ".", random_json(rng),
+            rng.choice(HOSTILE_VALUES), rng.choice(ESCAPES), "../diffusion_models/wan_t2v.safetensors", ".",
+            random_json(rng),
             "fp8-sgl", "nvfp4", True,
             [{"path": rng.choice(ESCAPES + ["lora.safetensors", 5]), "strength": rng.choice(HOSTILE_VALUES),
               "alpha": rng.choice([None, 1.0, "x", 1e308 * 10]), "name": rng.choice([None, "high_noise_model", 3])}]])
-    path = folder / "wan_lightx2v.json"
+    path = folder / "wan_express" / "wan_lightx2v.json"
     text = json.dumps(config, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
     path.write_bytes(text if rng.random() < 0.8 else flip_bits(rng, text, 0, len(text), 3))
     return (path,)
