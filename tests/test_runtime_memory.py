@@ -14,7 +14,9 @@ from torch.overrides import TorchFunctionMode
 from wan_express.errors import OutOfGpuMemoryError
 from wan_express.loaders import load_dit
 from wan_express.sampling import Conditioning, DistillSchedule, sample
-from wan_express.synthetic import TINY_CONFIG, write_official_folder
+from wan_express.synthetic import TINY_CONFIG
+
+from .test_runtime_interrupts import folder, model  # noqa: F401  (the same tiny official folder and its model)
 
 LATENT = (16, 2, 4, 4)
 REMEDIES = ("fp8 or int8", "VRAM budget", "fewer frames", "smaller width x height")
@@ -39,16 +41,6 @@ class OomOnTo(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dit") / "Wan2.1-T2V-tiny"
-    write_official_folder(path, TINY_CONFIG, seed=3)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return load_dit(folder, dtype=torch.float32)
 
 
 def run(model):
