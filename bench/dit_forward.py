@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from random_fp8 import scale_like_weight_  # bench/, the script's folder
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
 from wan_express.kernels import backends
+from wan_express.kernels.attention import CUDA_PRIORITY
 from wan_express.kernels.compile import compile_dit, warm_up
 from wan_express.kernels.quantize import quantize_layers
 from wan_express.kernels.quantized import QuantOps, QuantScheme
@@ -67,14 +69,20 @@ class ReferenceBlock(nn.Module):
         h = F.layer_norm(x, (dim,), eps=1e-6) * (1 + scale_sa[:, None]) + shift_sa[:, None]
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         q, k = (rotate(self._heads(norm(t)), cos, sin) for norm, t in ((self.norm_q, q), (self.norm_k, k)))
-        attended = F.scaled_dot_product_attention(q, k, self._heads(v)).transpose(1, 2).flatten(2)
+        attended = sdpa(q, k, self._heads(v)).transpose(1, 2).flatten(2)
         x = x + self.o(attended) * gate_sa[:, None]
         cross_k, cross_v = self.cross_kv(context).chunk(2, dim=-1)
-        attended = F.scaled_dot_product_attention(self._heads(self.cross_norm_q(self.cross_q(self.norm3(x)))),
-                                                  self._heads(self.cross_norm_k(cross_k)), self._heads(cross_v))
+        attended = sdpa(self._heads(self.cross_norm_q(self.cross_q(self.norm3(x)))),
+                        self._heads(self.cross_norm_k(cross_k)), self._heads(cross_v))
         x = x + self.cross_o(attended.transpose(1, 2).flatten(2))
         h = F.layer_norm(x, (dim,), eps=1e-6) * (1 + scale_ff[:, None]) + shift_ff[:, None]
         return x + self.ffn(h) * gate_ff[:, None]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch SDPA with cuDNN's kernel first, as core's attention and ours ask for it (flash is PyTorch's default)."""
+    with sdpa_kernel(CUDA_PRIORITY, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

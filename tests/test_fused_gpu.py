@@ -2,8 +2,14 @@
 Triton): q/k RMSNorm + RoPE + cast at d = 64 and 128 with tails, the gated residual on stream slices, a bf16 Wan
 block at 14B width, and a compiled block.
 
-Tolerances: bf16 outputs within one bf16 step of the reference (the kernel may order fp32 sums differently, so a
-value near a rounding boundary can land on the other side); fp32 within fp32 summation-order error.
+Tolerances: errors are measured against the magnitude of each output's (even, odd) pair, which the rotation keeps:
+one element of a rotated pair can cancel to almost 0 while the pair is O(1), and a per-element relative error then
+charges fp32 summation-order noise to a near-zero value (seen on an H200: 1.7e-4 "relative" fp32 errors on such
+elements). bf16 outputs within two bf16 steps of their pair (the kernel orders fp32 sums differently, so the
+normalized input rounded to bf16 before the weight, as the official code does, and the output can each land on the
+other side of a rounding boundary); fp32 within fp32 summation-order error. The compiled block is held to the
+relative L2 of its update, not to an element-wise bound: inductor fuses the casts around the bf16 GEMMs
+differently from eager PyTorch.
 """
 
 import importlib.util
@@ -22,7 +28,11 @@ BF16_STEP = 2.0 ** -7
 
 
 def relative_step_error(got, want):
-    return ((got.float() - want.float()).abs() / want.float().abs().clamp(min=1e-3)).max().item()
+    """Largest |got - want| of an element over the magnitude of its (even, odd) pair in ``want`` (min 1e-3)."""
+    want = want.float()
+    pairs = torch.linalg.vector_norm(want.unflatten(-1, (-1, 2)), dim=-1, keepdim=True)
+    scale = pairs.expand(*pairs.shape[:-1], 2).flatten(-2).clamp(min=1e-3)
+    return ((got.float() - want).abs() / scale).max().item()
 
 
 @pytest.mark.parametrize("heads,head_dim,grid", [(40, 128, (3, 7, 11)), (3, 64, (1, 1, 5)), (12, 128, (2, 30, 52))])
@@ -33,7 +43,7 @@ def test_norm_rope_kernel_matches_reference(heads, head_dim, grid, dtype):
     x = (3 * torch.randn(2, tokens, heads * head_dim, device="cuda", generator=generator)).to(dtype)
     weight = 1 + 0.1 * torch.randn(heads * head_dim, device="cuda", generator=generator)
     cos, sin = fused.rope_tables(grid, head_dim, torch.device("cuda"))
-    tolerance = BF16_STEP if dtype == torch.bfloat16 else 1e-5
+    tolerance = 2 * BF16_STEP if dtype == torch.bfloat16 else 1e-5
     got = fused.qk_norm_rope(x, weight, cos, sin, 1e-6, dtype)
     assert relative_step_error(got, fused.qk_norm_rope_reference(x, weight, cos, sin, 1e-6, dtype)) <= tolerance
     got = fused.qk_norm(x, weight, 1e-6, dtype)
@@ -109,4 +119,5 @@ def test_compiled_block_matches_eager_block():
         want = block(x.clone(), time, context, rope, torch.bfloat16)
         torch._dynamo.reset()
         got = torch.compile(block, fullgraph=True)(x.clone(), time, context, rope, torch.bfloat16)
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    rel_l2 = (torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want - x)).item()
+    assert rel_l2 <= 1e-2, rel_l2

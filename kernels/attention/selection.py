@@ -1,7 +1,7 @@
 """Which attention runs a call: the loader's attention option, the call's kind and the device decide.
 
 ``auto``: the 8-bit kernel with FP8 P·V for self-attention on CUDA GPUs with FP8 tensor cores (SM >= 8.9) and
-Triton; PyTorch's SDPA (its own kernel choice) for cross-attention, whose 512 text keys make it cheap, and
+Triton; PyTorch's SDPA (cuDNN's kernel first on CUDA) for cross-attention, whose 512 text keys make it cheap, and
 everywhere else. ``sage8`` / ``sage8_bf16pv``: the 8-bit kernel for every attention call, FP8 or bf16 P·V (FP8
 falls back to bf16 P·V below SM 8.9; off CUDA the op runs its eager emulation). The SDPA names ask PyTorch for
 that kernel. The choice is a constant for torch.compile, so it costs no graph break.
@@ -33,15 +33,15 @@ def _warn_once(message: str) -> None:
 
 @torch.compiler.assume_constant_result
 def choose(option: str, kind: str, device: torch.device, head_dim: int) -> str:
-    """"fp8" or "bf16" (the 8-bit kernel with that P·V), "sdpa" (PyTorch's choice) or an SDPA kernel name, for
+    """"fp8" or "bf16" (the 8-bit kernel with that P·V), "sdpa" (cuDNN first on CUDA) or an SDPA kernel name, for
     an attention call of ``kind`` ("self" or "cross") with this head dim on ``device`` under ``option``."""
     if kind not in KINDS:
         raise ValueError(f"attention kind must be one of {KINDS}, not {kind!r}")
     if option != "auto" and option not in EIGHT_BIT:
         return option
     if option == "auto":
-        # Measured on an H200 (bench/attention.py, bench/RESULTS.md): the 8-bit kernel ran at 0.69x (FP8 P·V) and
-        # 0.77x (bf16 P·V) of cuDNN's SDPA at 32,760 tokens, so auto stays with SDPA until a config beats it.
+        # Measured on an H200 (bench/attention.py, bench/RESULTS.md): the 8-bit kernel's best config ran at 0.86x
+        # (32,760 tokens) and 0.95x (75,600) of cuDNN's SDPA with FP8 P·V, so auto stays with SDPA until it wins.
         return SDPA
     capability = compute_capability(device)
     if head_dim not in HEAD_DIMS:
