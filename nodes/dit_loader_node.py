@@ -120,6 +120,12 @@ class WanExpressDiTLoader:
                             "each transformer block (one graph shared by all), full the whole forward (one graph, "
                             "recompiles per resolution). The first run of a new resolution takes longer."}),
                 "vace_module": vace_module_input(),
+                # Last, so workflows saved before it keep their widget values in place (it takes its default).
+                "ffn_chunk_tokens": ("INT", {"default": 0, "min": 0, "step": 1024,
+                                     "tooltip": "Run each block's feed-forward over chunks of this many tokens "
+                                     "(0: all at once): lowers peak VRAM at long videos, where the feed-forward's "
+                                     "intermediates are the largest activations, at a small speed cost; the result "
+                                     "is the same up to rounding."}),
             },
         }
 
@@ -130,24 +136,31 @@ class WanExpressDiTLoader:
 
     @classmethod
     def IS_CHANGED(cls, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-                   compile: str = "off", vace_module: str = NO_VACE_MODULE, **loras):
+                   compile: str = "off", vace_module: str = NO_VACE_MODULE, ffn_chunk_tokens: int = 0, **loras):
         """Changes when a file the load reads changes on disk (mtime, size: DiT weights, a LightX2V config and
         the LoRAs it names, the chosen LoRAs, the VACE module), or an option does."""
         module = _vace_module(vace_module)
         module_stamp = None if module is None else (str(module), module.stat().st_mtime_ns, module.stat().st_size)
-        return repr((_plan(model, quantization, file, loras).stamp(), module_stamp, dtype, attention, compile))
+        return repr((_plan(model, quantization, file, loras).stamp(), module_stamp, dtype, attention, compile,
+                     ffn_chunk_tokens))
 
     def load(self, model: str, quantization: str, dtype: str, file: str = ONLY_MODEL, attention: str = "auto",
-             compile: str = "off", vace_module: str = NO_VACE_MODULE, **loras):
+             compile: str = "off", vace_module: str = NO_VACE_MODULE, ffn_chunk_tokens: int = 0, **loras):
         plan = _plan(model, quantization, file, loras)
         # Built where ComfyUI keeps idle models; its memory manager brings each to the GPU when a sampler runs it.
         built = load_planned(plan, dtype=DTYPES[dtype], device=host.offload_device(),
-                             ops_factory=lambda layers: NativeOps(layers, attention=attention),
+                             ops_factory=native_ops(attention, ffn_chunk_tokens),
                              model_class=NativeWanDiT, interrupt=host.interrupt_check(),
                              vace_module=_vace_module(vace_module))
         experts = built if plan.is_pair else (built,)
         models = [core_model(compile_dit(expert, compile)) for expert in experts]
         return (models[0], models[1] if plan.is_pair else None)
+
+
+def native_ops(attention: str = "auto", ffn_chunk_tokens: int = 0):
+    """The loader's operations factory (quantization schemes -> `NativeOps`) for its ``attention`` and
+    ``ffn_chunk_tokens`` widgets."""
+    return lambda layers: NativeOps(layers, attention=attention, ffn_chunk_tokens=ffn_chunk_tokens)
 
 
 def _vace_module(choice: str):

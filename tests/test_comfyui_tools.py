@@ -9,6 +9,7 @@ Runs only when COMFYUI_DIR points at a ComfyUI checkout (see tests/comfyui_serve
 from __future__ import annotations
 
 import json
+import struct
 import urllib.error
 from pathlib import Path
 
@@ -128,6 +129,22 @@ def test_inspect_shows_a_short_summary_with_paths_under_models(comfyui):
     assert text.splitlines()[0] == "Wan2.1-T2V-tiny: Wan2.1 T2V, custom (dim 256, 2 blocks), 2.2M parameters"
     assert "components in models/wan_express/Wan2.1-T2V-tiny: found umT5-XXL text encoder" in text
     assert str(base) not in json.dumps(outputs)
+
+
+def test_a_damaged_model_file_is_named_under_models_as_the_user_knows_it(comfyui):
+    server, base = comfyui
+    damaged = base / "models" / "diffusion_models" / "damaged.safetensors"
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(struct.pack("<Q", 999) + b"{}")  # a header length the file cannot hold
+    try:
+        graph = Graph()
+        graph.add("WanExpressInspect", model="damaged.safetensors")
+        message = error_of(queue(server, graph))
+    finally:
+        damaged.unlink()
+    assert message.startswith("models/diffusion_models/damaged.safetensors: truncated or not a safetensors file: "
+                              "the header claims 999 bytes"), message
+    assert str(base) not in message
 
 
 def test_convert_writes_an_export_the_loader_runs_in_a_second_prompt(comfyui):

@@ -12,7 +12,7 @@ import torch
 
 from wan_express.errors import ModelFormatError, UnsupportedModelError
 from wan_express.loaders.dit.loader import load_dit, open_dit
-from wan_express.loaders.files.header import read_header
+from wan_express.loaders.files.header import read_header, read_tensor
 from wan_express.loaders.files.pth import read_pth
 
 from .loader_files import per_channel, save, tiny_weights, write_lightx2v, write_official
@@ -64,6 +64,31 @@ def test_malformed_headers_are_refused_naming_file_and_tensor(case, expected, tm
         write_raw(path, {"a.weight": entry}, bytes(16))
     with pytest.raises(ModelFormatError, match=expected):
         read_header(path)
+
+
+def test_header_errors_name_the_file_from_models_down_never_by_its_machine_path(tmp_path):
+    """The same naming as every loader (`boundary.shown`), so the node layer has no machine path left to rewrite."""
+    cut = tmp_path / "models" / "diffusion_models" / "cut.safetensors"
+    cut.parent.mkdir(parents=True)
+    write_raw(cut, GOOD, length=999)
+    for load in (read_header, load_dit):
+        with pytest.raises(ModelFormatError) as raised:
+            load(cut)
+        assert str(raised.value).startswith("models/diffusion_models/cut.safetensors: truncated or not a "), load
+        assert str(tmp_path) not in str(raised.value)
+
+    loose = write_raw(tmp_path / "loose.safetensors", {"a.weight": {**GOOD["a.weight"], "dtype": "F7"}}, bytes(16))
+    with pytest.raises(ModelFormatError) as raised:
+        read_header(loose)
+    assert str(raised.value).startswith("loose.safetensors: tensor 'a.weight': unknown dtype 'F7'")
+
+    shrinking = write_raw(cut.parent / "shrinking.safetensors", GOOD, bytes(16))
+    header = read_header(shrinking)
+    shrinking.write_bytes(shrinking.read_bytes()[:-4])  # changed on disk between the header and the tensor read
+    with pytest.raises(ModelFormatError) as raised:
+        read_tensor(header, "a.weight")
+    assert str(raised.value).startswith("models/diffusion_models/shrinking.safetensors: tensor 'a.weight': file "
+                                        "ended after 12 of 16 bytes")
 
 
 def test_a_truncated_model_file_fails_at_open_with_the_tensor_named(tmp_path):

@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from wan_express.errors import InvalidInputError
-from wan_express.loaders import find_components, load_dit, load_text_encoder, load_vae
+from wan_express.loaders import find_components, load_dit, load_planned, load_text_encoder, load_vae, plan_dit
 from wan_express.models import ClipVisionConfig, ClipVisionEncoder, WanConfig, WanDiT
 from wan_express.models.latent_spaces import to_normalized, to_raw
 from wan_express.nodes.component_nodes import WanExpressCLIPVisionEncode, WanExpressTextEncode, WanExpressVAEDecode
+from wan_express.nodes.dit_loader_node import WanExpressDiTLoader, native_ops
+from wan_express.nodes.native import NativeWanDiT
 from wan_express.nodes.sampler_node import WanExpressSampler
 from wan_express.sampling import DistillSchedule, sample, text_to_video
-from wan_express.synthetic import random_weights_, write_model_folder, write_vae
+from wan_express.synthetic import TINY_CONFIG, random_weights_, write_model_folder, write_official_folder, write_vae
 
 SAMPLER_DEFAULTS = dict(width=96, height=64, length=9, seed=3, schedule="distill",
                         denoising_step_list="1000,750,500,250", steps=4, shift=5.0, cfg=1.0, noise_source="cpu",
@@ -140,3 +142,23 @@ def test_denoise_below_one_regenerates_a_given_latent_from_a_later_step(pipeline
     assert not torch.allclose(again["samples"], first["samples"])
     with pytest.raises(InvalidInputError, match="needs a latent"):
         WanExpressSampler().generate(pipeline["dit"], positive, **SAMPLER_DEFAULTS, denoise=0.5)
+
+
+def test_the_loaders_ffn_chunk_tokens_chunks_the_feed_forward_and_leaves_the_output_unchanged(tmp_path):
+    optional = WanExpressDiTLoader.INPUT_TYPES()["optional"]
+    assert list(optional)[-1] == "ffn_chunk_tokens"  # last: workflows saved before it keep their widget positions
+    kind, options = optional["ffn_chunk_tokens"]
+    assert kind == "INT" and options["default"] == 0 and options["min"] == 0 and "VRAM" in options["tooltip"]
+    folder = tmp_path / "Wan2.1-T2V-tiny"
+    write_official_folder(folder, TINY_CONFIG, seed=1)
+    one_pass, chunked = (load_planned(plan_dit(folder), dtype=torch.float32, ops_factory=native_ops("auto", chunk),
+                                      model_class=NativeWanDiT) for chunk in (0, 16))
+    assert {block.block_ops.ffn_chunk_tokens for block in chunked.blocks} == {16}
+    assert chunked.blocks[0].block_ops.token_chunks(45) == [slice(0, 16), slice(16, 32), slice(32, 45)]
+    generator = torch.Generator().manual_seed(5)
+    latent = torch.randn(1, 16, 3, 6, 10, generator=generator)  # 3 x 3 x 5 = 45 tokens: chunks of 16, 16, 13
+    context = torch.randn(1, 9, TINY_CONFIG.text_dim, generator=generator)
+    with torch.no_grad():
+        expected, got = (model(latent, torch.tensor([700.0]), context) for model in (one_pass, chunked))
+    # bit-identical: the CPU GEMM computes a row the same way at any row count that is a multiple of 16
+    assert torch.equal(got, expected)

@@ -2,7 +2,8 @@
 
 `read_header(path)` -> `SafetensorsHeader` (names, dtypes, shapes, byte ranges, metadata); `read_tensor(header, key)`
 reads one tensor with a positioned file read, so memory grows by that tensor only (no file-wide mapping stays
-resident). Every error names the file and, where there is one, the tensor.
+resident). Every error names the file the way every loader does (`boundary.shown`: from ``models/`` down, else
+the bare name) and, where there is one, the tensor.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelFormatError
+from .boundary import shown
 from .json_files import parse_json
 
 # safetensors dtype names -> torch dtype names (the format's full list). Only those the installed torch has are
@@ -67,65 +69,66 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         ModelFormatError: naming the file (and tensor) and what is wrong.
     """
     path = Path(path)
+    name = shown(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise ModelFormatError(f"{path}: truncated: {size} bytes, too short for a safetensors header length")
+                raise ModelFormatError(f"{name}: truncated: {size} bytes, too short for a safetensors header length")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES or 8 + length > size:
                 raise ModelFormatError(
-                    f"{path}: truncated or not a safetensors file: the header claims {length} bytes but the file "
+                    f"{name}: truncated or not a safetensors file: the header claims {length} bytes but the file "
                     f"has {size - 8} after the length field")
             raw = handle.read(length)
     except FileNotFoundError:
-        raise ModelFormatError(f"{path}: no such file") from None
+        raise ModelFormatError(f"{name}: no such file") from None
     try:
         entries = parse_json(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ModelFormatError(f"{path}: the safetensors header is not valid JSON (or holds values no header "
+        raise ModelFormatError(f"{name}: the safetensors header is not valid JSON (or holds values no header "
                                "holds); the file is corrupt or not a safetensors file") from None
     if not isinstance(entries, dict):
-        raise ModelFormatError(f"{path}: the safetensors header is not a JSON object")
+        raise ModelFormatError(f"{name}: the safetensors header is not a JSON object")
     metadata = entries.pop(METADATA_KEY, None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ModelFormatError(f"{path}: the header's {METADATA_KEY} is not a map of strings")
+        raise ModelFormatError(f"{name}: the header's {METADATA_KEY} is not a map of strings")
     data_size = size - 8 - length
-    tensors = {key: _tensor_info(path, key, entry, data_size) for key, entry in entries.items()}
-    _check_layout(path, tensors, data_size)
+    tensors = {key: _tensor_info(name, key, entry, data_size) for key, entry in entries.items()}
+    _check_layout(name, tensors, data_size)
     return SafetensorsHeader(path=path, tensors=tensors, metadata=metadata, data_start=8 + length)
 
 
-def _check_layout(path: Path, tensors: dict[str, TensorInfo], data_size: int) -> None:
+def _check_layout(name: str, tensors: dict[str, TensorInfo], data_size: int) -> None:
     """Ranges sorted by start must tile ``[0, data_size)``: no gap, no overlap, nothing after the last tensor."""
     position = 0
     for key, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if info.begin != position:
             problem = "overlaps another tensor" if info.begin < position else "leaves a gap before it"
-            raise ModelFormatError(f"{path}: tensor {_key_shown(key)!r}: its data range {problem}; the header is corrupt "
-                                   "(tensor data must be stored back to back)")
+            raise ModelFormatError(f"{name}: tensor {_key_shown(key)!r}: its data range {problem}; the header is "
+                                   "corrupt (tensor data must be stored back to back)")
         position = info.end
     if position != data_size:
-        raise ModelFormatError(f"{path}: the tensors hold {position} bytes but the data section has {data_size}; "
+        raise ModelFormatError(f"{name}: the tensors hold {position} bytes but the data section has {data_size}; "
                                "the file is truncated, padded or corrupt")
 
 
-def _tensor_info(path: Path, key: str, entry: object, data_size: int) -> TensorInfo:
-    where = f"{path}: tensor {_key_shown(key)!r}"
+def _tensor_info(name: str, key: str, entry: object, data_size: int) -> TensorInfo:
+    where = f"{name}: tensor {_key_shown(key)!r}"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise ModelFormatError(f"{where}: header entry lacks dtype, shape or data_offsets")
     dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
-        raise ModelFormatError(f"{where}: unknown dtype {_shown(entry['dtype'])} (known: {', '.join(DTYPES)})")
+        raise ModelFormatError(f"{where}: unknown dtype {_value_shown(entry['dtype'])} (known: {', '.join(DTYPES)})")
     shape, offsets = entry["shape"], entry["data_offsets"]
     if (not isinstance(shape, list) or len(shape) > MAX_RANK
             or not all(type(d) is int and 0 <= d <= data_size for d in shape)):
-        raise ModelFormatError(f"{where}: shape {_shown(shape)} is not a list of at most {MAX_RANK} non-negative "
+        raise ModelFormatError(f"{where}: shape {_value_shown(shape)} is not a list of at most {MAX_RANK} non-negative "
                                "sizes this file can hold")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
-        raise ModelFormatError(f"{where}: data_offsets {_shown(offsets)} are not an ordered pair of byte offsets")
+        raise ModelFormatError(f"{where}: data_offsets {_value_shown(offsets)} are not an ordered pair of byte offsets")
     if offsets[1] > data_size:
         raise ModelFormatError(f"{where}: data_offsets {offsets} run past the end of the data section "
                                f"({data_size} bytes); the file is truncated or corrupt")
@@ -141,7 +144,7 @@ def _key_shown(key: str) -> str:
     return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
 
 
-def _shown(value: object) -> str:
+def _value_shown(value: object) -> str:
     """A header value in a message: short ones as they are, long ones by their type (never a wall of file text)."""
     text = repr(value) if isinstance(value, (str, int, float, list, type(None))) else type(value).__name__
     return text if len(text) <= 40 else f"(a {type(value).__name__} of {len(text)} characters)"
@@ -155,7 +158,7 @@ def read_tensor(header: SafetensorsHeader, key: str) -> torch.Tensor:
         handle.seek(header.data_start + info.begin)
         got = handle.readinto(memoryview(data.numpy()))
     if got != info.end - info.begin:
-        raise ModelFormatError(f"{header.path}: tensor {key!r}: file ended after {got} of "
+        raise ModelFormatError(f"{shown(header.path)}: tensor {_key_shown(key)!r}: file ended after {got} of "
                                f"{info.end - info.begin} bytes (was it modified while loading?)")
     if info.dtype == torch.bool:
         return data.view(torch.bool).reshape(info.shape)
