@@ -54,3 +54,16 @@ def test_dit_forward_bench_tiny_runs_comfyui_cores_wan_dit(tmp_path):
         assert math.isclose(run["vs_core_bf16"], core["forward_s"] / run["forward_s"])
     assert {run["operations"] for run in results["runs"] if run["variant"].startswith("core")} >= {
         "disable_weight_init"}
+
+
+def test_profile_forward_bench_tiny_groups_every_op_of_one_forward(tmp_path):
+    """bench/profile_forward.py: one profiled forward; the groups add up to the total and the GEMMs are found."""
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(BENCH.with_name("profile_forward.py")), "--tiny", "--json", str(out)],
+                          cwd=tmp_path, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["variant"] == "ours fp8 eager" and results["kernel_seconds"] > 0
+    assert math.isclose(sum(results["groups"].values()), results["kernel_seconds"], rel_tol=1e-9)
+    assert results["groups"]["gemm"] > 0 and "gemm" in done.stdout
