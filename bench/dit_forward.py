@@ -266,7 +266,8 @@ def main() -> None:
                 "operations": getattr(model, "operations_name", None)})
             run = results["runs"][-1]
             print(f"{variant:<26}{size:<6}{run['forward_s']:>8.3f} s  peak {run['peak_gib'] or 0:.1f} GiB", flush=True)
-        with open(args.json, "w") as handle:  # what has run so far survives a time limit
+        add_ratios(results)
+        with open(args.json, "w") as handle:  # what has run so far survives a time limit, ratios included
             json.dump(results, handle, indent=1)
         del model, forward
         gc.collect()
@@ -280,21 +281,24 @@ def main() -> None:
         json.dump(results, handle, indent=1)
 
 
+def add_ratios(results: dict) -> None:
+    """Adds the same-run ratios (vs core bf16, vs the reference; None where that anchor has not run) to every run."""
+    anchors = {(run["variant"], run["size"]): run["forward_s"] for run in results["runs"]}
+    for run in results["runs"]:
+        for key, anchor in (("vs_core_bf16", "core bf16"), ("vs_reference", "reference bf16 compiled")):
+            base = anchors.get((anchor, run["size"]))
+            run[key] = base / run["forward_s"] if base else None
+
+
 def report(results: dict) -> None:
     """Adds the same-run ratios to every run and prints the table."""
-    anchors = {}
-    for run in results["runs"]:
-        anchors[(run["variant"], run["size"])] = run["forward_s"]
+    add_ratios(results)
     print(f"{results['card']}, torch {results['torch']}: {results['model']} DiT, one forward (cfg 1); "
           f"compiled = {results['compile_mode']} ({results['compile_backend']})")
     print(f"{'variant':<26}{'size':<6}{'tokens':>8}{'forward s':>11}{'vs core bf16':>14}{'vs reference':>14}"
           f"{'model GiB':>11}{'peak GiB':>10}")
     for run in results["runs"]:
-        ratios = []
-        for key, anchor in (("vs_core_bf16", "core bf16"), ("vs_reference", "reference bf16 compiled")):
-            base = anchors.get((anchor, run["size"]))
-            run[key] = base / run["forward_s"] if base else None
-            ratios.append(f"{run[key]:.2f}x" if run[key] else "-")
+        ratios = [f"{run[key]:.2f}x" if run[key] else "-" for key in ("vs_core_bf16", "vs_reference")]
         memory = [f"{run[key]:.1f}" if run[key] is not None else "-" for key in ("weights_gib", "peak_gib")]
         print(f"{run['variant']:<26}{run['size']:<6}{run['tokens']:>8}{run['forward_s']:>11.3f}{ratios[0]:>14}"
               f"{ratios[1]:>14}{memory[0]:>11}{memory[1]:>10}")
