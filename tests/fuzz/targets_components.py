@@ -80,8 +80,10 @@ def converted(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def filled(tensor: torch.Tensor, value: float) -> torch.Tensor:
     """``tensor``'s shape filled with a non-finite ``value``: its own dtype when that is float, else float32 (an
-    earlier mutation may have made it an integer tensor, which cannot hold NaN/Inf)."""
-    return tensor.clone().fill_(value) if tensor.is_floating_point() else torch.full(tensor.shape, value)
+    earlier mutation may have made it an integer tensor, which cannot hold NaN/Inf). Filled in float32 and cast,
+    as a file writer would: an FP8 tensor cannot be filled in place, and e4m3fn turns ±inf into ±448."""
+    full = torch.full(tensor.shape, value)
+    return full.to(tensor.dtype) if tensor.is_floating_point() else full
 
 
 def mutate_tensors(rng: random.Random, tensors: dict[str, torch.Tensor], block_key: str) -> dict[str, torch.Tensor]:
@@ -90,7 +92,7 @@ def mutate_tensors(rng: random.Random, tensors: dict[str, torch.Tensor], block_k
     tensors = dict(tensors)
     keys = list(tensors)
     for _ in range(rng.randrange(1, 4)):
-        key = rng.choice(keys)
+        key = rng.choice(keys) if keys else "weight"  # (an empty file: mutations add to it)
         kind = rng.randrange(9)
         if kind == 0:
             tensors.pop(key, None)
@@ -312,6 +314,8 @@ def _lora_tensors(rng: random.Random) -> dict[str, torch.Tensor]:
 def make_lora_case(rng: random.Random, folder: Path) -> tuple:
     tensors = _lora_tensors(rng)
     for _ in range(rng.randrange(0, 4)):
+        if not tensors:  # every key popped: an empty LoRA file is the case
+            break
         key = rng.choice(list(tensors))
         kind = rng.randrange(7)
         if kind == 0:  # rank 0, empty, 0-D

@@ -151,8 +151,10 @@ def make_quantized_case(rng: random.Random, folder: Path) -> tuple:
         elif kind == 1:
             tensors[key] = torch.ones(rng.choice([(out,), (out, 2), (2, 1), (1,), (), (out + 1, 1), (0,)]))
         elif kind == 2:
-            tensors[key] = tensors[key].clone().index_fill_(0, torch.tensor([rng.randrange(out)]),
-                                                            rng.choice([0.0, float("nan"), float("inf"), -1.0]))
+            row = rng.randrange(out)  # one scale row made zero, NaN, Inf or negative (in float32: FP8 cannot be
+            scales = tensors[key].float().clone()  # written in place, and the scale's own dtype is kept)
+            scales[row] = rng.choice([0.0, float("nan"), float("inf"), -1.0])
+            tensors[key] = scales.to(tensors[key].dtype)
         elif kind == 3:
             tensors[key] = tensors[key].to(rng.choice([torch.float16, torch.int32, torch.bool, torch.float8_e4m3fn]))
         elif kind == 4:
@@ -188,7 +190,7 @@ def make_folder_case(rng: random.Random, folder: Path) -> tuple:
             weight_map[key] = rng.choice(ESCAPES)
         elif kind == 1:
             (model / rng.choice(shards)).unlink(missing_ok=True)
-        elif kind == 2:
+        elif kind == 2 and weight_map[key] in shards:  # (an earlier mutation may have pointed it outside)
             weight_map[key] = shards[(shards.index(weight_map[key]) + 1) % len(shards)]
         elif kind == 3:
             weight_map[rng.choice(["blocks.9.x", "extra", key + ".copy"])] = rng.choice(shards + ESCAPES)
