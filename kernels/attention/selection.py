@@ -40,8 +40,8 @@ def choose(option: str, kind: str, device: torch.device, head_dim: int) -> str:
     if option != "auto" and option not in EIGHT_BIT:
         return option
     if option == "auto":
-        # Measured on an H200 (bench/attention.py, bench/RESULTS.md): the 8-bit kernel's best config ran at 0.86x
-        # (32,760 tokens) and 0.95x (75,600) of cuDNN's SDPA with FP8 P·V, so auto stays with SDPA until it wins.
+        # Measured on an H200 (bench/attention.py, bench/RESULTS.md): the 8-bit kernel with the table's config ran at
+        # 0.88x (32,760 tokens) and 0.98x (75,600) of cuDNN's SDPA with FP8 P·V, so auto stays with SDPA until it wins.
         return SDPA
     capability = compute_capability(device)
     if head_dim not in HEAD_DIMS:
